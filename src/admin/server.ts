@@ -1,0 +1,101 @@
+/**
+ * Admin listener (SPEC §7): /healthz, /readyz, /metrics, /certs.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { X509Certificate } from 'node:crypto';
+import { certIdentity } from '../certs/identity.js';
+import { validityOf } from '../certs/load.js';
+import type { CertStore } from '../certs/store.js';
+import type { ListenAddress } from '../config.js';
+import { listenOn, type BoundAddress } from '../listen.js';
+import type { Metrics } from '../metrics.js';
+
+export interface Readiness {
+  /** Reasons the sidecar is not ready; empty when ready. */
+  reasons(): string[];
+}
+
+function describeCertificate(cert: X509Certificate) {
+  const identity = certIdentity(cert);
+  const { notBefore, notAfter } = validityOf(cert);
+  return {
+    subject: identity.subject,
+    issuer: [...cert.issuer.split('\n')].reverse().join(','),
+    sans: { dns: identity.dns, uri: identity.uris, ip: identity.ips },
+    serial: cert.serialNumber,
+    notBefore: notBefore.toISOString(),
+    notAfter: notAfter.toISOString(),
+    sha256: identity.sha256,
+  };
+}
+
+function sendJson(res: ServerResponse, status: number, value: unknown): void {
+  const body = JSON.stringify(value, null, 2);
+  res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store' });
+  res.end(body);
+}
+
+export class AdminServer {
+  readonly #server: Server;
+  readonly #address: ListenAddress;
+
+  constructor(options: { address: ListenAddress; store: CertStore; metrics: Metrics; readiness: Readiness }) {
+    const { store, metrics, readiness } = options;
+    this.#address = options.address;
+    this.#server = createServer((req: IncomingMessage, res: ServerResponse) => {
+      const path = (req.url ?? '/').split('?')[0];
+      if (req.method !== 'GET' && req.method !== 'HEAD') {
+        sendJson(res, 405, { error: 'method_not_allowed' });
+        return;
+      }
+      switch (path) {
+        case '/healthz':
+          sendJson(res, 200, { status: 'ok' });
+          return;
+        case '/readyz': {
+          const reasons = readiness.reasons();
+          sendJson(res, reasons.length ? 503 : 200, { ready: reasons.length === 0, reasons });
+          return;
+        }
+        case '/metrics':
+          metrics.registry.metrics().then(
+            (text) => {
+              res.writeHead(200, { 'content-type': metrics.registry.contentType });
+              res.end(text);
+            },
+            (error: Error) => sendJson(res, 500, { error: error.message }),
+          );
+          return;
+        case '/certs': {
+          const set = store.current;
+          const status = store.lastStatus;
+          sendJson(res, 200, {
+            generation: set?.generation,
+            layout: set?.files.layout,
+            files: set ? { cert: set.files.cert, key: set.files.key, ca: set.files.ca } : undefined,
+            leaf: set ? describeCertificate(set.leaf) : undefined,
+            chain: set ? set.chain.slice(1).map(describeCertificate) : [],
+            bundle: set ? set.bundle.map(describeCertificate) : [],
+            loadedAt: set?.loadedAt.toISOString(),
+            lastReload: status ? { at: status.at.toISOString(), trigger: status.trigger, result: status.result } : undefined,
+            lastError: store.lastError,
+          });
+          return;
+        }
+        default:
+          sendJson(res, 404, { error: 'not_found', endpoints: ['/healthz', '/readyz', '/metrics', '/certs'] });
+      }
+    });
+  }
+
+  listen(): Promise<BoundAddress> {
+    return listenOn(this.#server, this.#address, 'admin');
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => {
+      this.#server.close(() => resolve());
+      this.#server.closeAllConnections();
+    });
+  }
+}

@@ -1,0 +1,233 @@
+/**
+ * Loads a certificate directory into a validated CertSet (SPEC §3). Parsing and validation use
+ * node:crypto only. A set is returned only when all of it is valid together; otherwise a CertError
+ * names the file, the problem and the fix.
+ */
+import { createHash, createPrivateKey, X509Certificate, type KeyObject } from 'node:crypto';
+import { readFile, stat } from 'node:fs/promises';
+import { isAbsolute, join } from 'node:path';
+import { CertError, type CertProblemCode } from '../errors.js';
+import type { CertDirConfig } from '../config.js';
+import { certIdentity, type CertIdentity } from './identity.js';
+
+export interface Layout {
+  name: 'kubernetes' | 'generic' | 'spiffe-helper' | 'istio' | 'custom';
+  cert: string;
+  key: string;
+  ca: string;
+}
+
+/** Recognised layouts, first match wins. */
+export const layouts: readonly Layout[] = [
+  { name: 'kubernetes', cert: 'tls.crt', key: 'tls.key', ca: 'ca.crt' },
+  { name: 'generic', cert: 'cert.pem', key: 'key.pem', ca: 'ca.pem' },
+  { name: 'spiffe-helper', cert: 'svid.pem', key: 'svid_key.pem', ca: 'svid_bundle.pem' },
+  { name: 'istio', cert: 'cert-chain.pem', key: 'key.pem', ca: 'root-cert.pem' },
+];
+
+export interface CertFiles {
+  layout: Layout['name'];
+  cert: string;
+  key: string;
+  ca: string;
+  passphrase: string | undefined;
+}
+
+/** A validated certificate set: what listeners and agents are built from. */
+export interface CertSet {
+  files: CertFiles;
+  /** Leaf first, then intermediates: every certificate here is sent to peers. */
+  chain: X509Certificate[];
+  leaf: X509Certificate;
+  bundle: X509Certificate[];
+  chainPem: string;
+  /** Unencrypted PKCS#8 PEM of the private key. Never logged. */
+  keyPem: string;
+  bundlePem: string;
+  identity: CertIdentity;
+  /** sha256 over the three files' bytes: equal hashes are the same set, not a rotation. */
+  contentHash: string;
+  notBefore: Date;
+  notAfter: Date;
+}
+
+export interface RawCertFiles {
+  files: CertFiles;
+  certText: Buffer;
+  keyText: Buffer;
+  caText: Buffer;
+  contentHash: string;
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function resolveIn(dir: string, file: string): string {
+  return isAbsolute(file) ? file : join(dir, file);
+}
+
+/** Which files make up the set: flags first, else the first layout whose chain file exists. */
+export async function resolveCertFiles(config: CertDirConfig): Promise<CertFiles> {
+  const dirStat = await stat(config.dir).catch(() => undefined);
+  if (!dirStat?.isDirectory()) throw new CertError('cert_dir_missing', config.dir);
+  let detected: Layout | undefined;
+  for (const layout of layouts) {
+    if (await exists(join(config.dir, layout.cert))) {
+      detected = layout;
+      break;
+    }
+  }
+  const overridden = config.certFile !== undefined || config.keyFile !== undefined || config.caFile !== undefined;
+  if (!detected && !(config.certFile && config.keyFile && config.caFile)) {
+    if (!overridden) throw new CertError('no_layout', config.dir);
+  }
+  const base = detected ?? layouts[0]!;
+  let passphrase: string | undefined;
+  if (config.keyPassphraseFile) {
+    const path = resolveIn(config.dir, config.keyPassphraseFile);
+    passphrase = (await readFileOrThrow(path)).toString('utf8').replace(/\r?\n$/, '');
+  }
+  return {
+    layout: overridden ? 'custom' : base.name,
+    cert: resolveIn(config.dir, config.certFile ?? base.cert),
+    key: resolveIn(config.dir, config.keyFile ?? base.key),
+    ca: resolveIn(config.dir, config.caFile ?? base.ca),
+    passphrase,
+  };
+}
+
+async function readFileOrThrow(path: string): Promise<Buffer> {
+  try {
+    const content = await readFile(path);
+    if (content.length === 0) throw new CertError('file_empty', path);
+    return content;
+  } catch (error) {
+    if (error instanceof CertError) throw error;
+    const code = (error as NodeJS.ErrnoException).code;
+    const problem: CertProblemCode = code === 'ENOENT' ? 'file_missing' : 'file_unreadable';
+    throw new CertError(problem, path, code === 'ENOENT' ? undefined : code);
+  }
+}
+
+/** Reads the three files' bytes (no validation) and hashes them. */
+export async function readCertFiles(config: CertDirConfig): Promise<RawCertFiles> {
+  const files = await resolveCertFiles(config);
+  const [certText, keyText, caText] = await Promise.all([readFileOrThrow(files.cert), readFileOrThrow(files.key), readFileOrThrow(files.ca)]);
+  const hash = createHash('sha256');
+  for (const part of [certText, keyText, caText, Buffer.from(files.passphrase ?? '')]) {
+    hash.update(String(part.length)).update(':').update(part);
+  }
+  return { files, certText, keyText, caText, contentHash: hash.digest('hex') };
+}
+
+const pemCertificate = /-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g;
+
+/** Splits a PEM file into certificates; a truncated or corrupt block is an error, not skipped. */
+export function parseCertificates(text: string, file: string): X509Certificate[] {
+  const begins = text.match(/-----BEGIN CERTIFICATE-----/g)?.length ?? 0;
+  const blocks = text.match(pemCertificate) ?? [];
+  if (begins === 0) throw new CertError('cert_parse_error', file, 'no PEM certificate block found');
+  if (blocks.length !== begins) throw new CertError('cert_parse_error', file, `${begins - blocks.length} certificate block(s) are truncated`);
+  return blocks.map((block, index) => {
+    try {
+      return new X509Certificate(block);
+    } catch (error) {
+      throw new CertError('cert_parse_error', file, `certificate #${index + 1} does not parse (${(error as Error).message})`);
+    }
+  });
+}
+
+export function parsePrivateKey(text: Buffer, file: string, passphrase: string | undefined): KeyObject {
+  try {
+    return createPrivateKey({ key: text, format: 'pem', ...(passphrase === undefined ? {} : { passphrase }) });
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    const reason = code === 'ERR_MISSING_PASSPHRASE' ? 'the key is encrypted and no --key-passphrase-file was given' : (error as Error).message;
+    throw new CertError('key_parse_error', file, reason);
+  }
+}
+
+export function validityOf(cert: X509Certificate): { notBefore: Date; notAfter: Date } {
+  return { notBefore: new Date(cert.validFrom), notAfter: new Date(cert.validTo) };
+}
+
+function isSameCertificate(a: X509Certificate, b: X509Certificate): boolean {
+  return a.fingerprint256 === b.fingerprint256;
+}
+
+function issuedBy(child: X509Certificate, parent: X509Certificate): boolean {
+  return child.checkIssued(parent) && child.verify(parent.publicKey);
+}
+
+/**
+ * Walks from the leaf through the chain's intermediates to a certificate in the bundle, checking
+ * each signature and validity window. Returns the path (leaf first, anchor last).
+ */
+export function verifyChain(chain: X509Certificate[], bundle: X509Certificate[], now: Date, files: { cert: string; ca: string }): X509Certificate[] {
+  const [leaf, ...intermediates] = chain;
+  if (!leaf) throw new CertError('cert_parse_error', files.cert, 'no certificate');
+  const path: X509Certificate[] = [];
+  let current = leaf;
+  for (let depth = 0; depth < 10; depth += 1) {
+    checkValidity(current, now, depth === 0 ? files.cert : `${files.cert} (chain certificate ${depth + 1})`);
+    path.push(current);
+    if (bundle.some((root) => isSameCertificate(root, current))) return path;
+    const anchor = bundle.find((root) => issuedBy(current, root));
+    if (anchor) {
+      checkValidity(anchor, now, `${files.ca} (root ${anchor.subject.replace(/\n/g, ', ')})`);
+      path.push(anchor);
+      return path;
+    }
+    const next = intermediates.find((candidate) => !isSameCertificate(candidate, current) && issuedBy(current, candidate));
+    if (!next) {
+      throw new CertError('chain_untrusted', files.cert, `no certificate in ${files.ca} or in the chain issued "${current.subject.replace(/\n/g, ', ')}" (issuer "${current.issuer.replace(/\n/g, ', ')}")`);
+    }
+    current = next;
+  }
+  throw new CertError('chain_untrusted', files.cert, 'the chain is longer than 10 certificates');
+}
+
+function checkValidity(cert: X509Certificate, now: Date, file: string): void {
+  const { notBefore, notAfter } = validityOf(cert);
+  if (now < notBefore) throw new CertError('cert_not_yet_valid', file, `valid from ${notBefore.toISOString()}`);
+  if (now > notAfter) throw new CertError('cert_expired', file, `expired at ${notAfter.toISOString()}`);
+}
+
+/** Validates raw files into a CertSet, or throws the first CertError found. */
+export function validateCertFiles(raw: RawCertFiles, now = new Date()): CertSet {
+  const { files } = raw;
+  const chain = parseCertificates(raw.certText.toString('utf8'), files.cert);
+  const bundle = parseCertificates(raw.caText.toString('utf8'), files.ca);
+  if (bundle.length === 0) throw new CertError('bundle_empty', files.ca);
+  const key = parsePrivateKey(raw.keyText, files.key, files.passphrase);
+  const leaf = chain[0]!;
+  if (!leaf.checkPrivateKey(key)) {
+    throw new CertError('key_mismatch', files.key, `it does not match the certificate in ${files.cert} (serial ${leaf.serialNumber})`);
+  }
+  verifyChain(chain, bundle, now, files);
+  const { notBefore, notAfter } = validityOf(leaf);
+  return {
+    files,
+    chain,
+    leaf,
+    bundle,
+    chainPem: chain.map((cert) => cert.toString()).join(''),
+    keyPem: key.export({ type: 'pkcs8', format: 'pem' }).toString(),
+    bundlePem: bundle.map((cert) => cert.toString()).join(''),
+    identity: certIdentity(leaf),
+    contentHash: raw.contentHash,
+    notBefore,
+    notAfter,
+  };
+}
+
+/** Reads and validates the directory in one step (start-up, `check`). */
+export async function loadCertDir(config: CertDirConfig, now = new Date()): Promise<CertSet> {
+  return validateCertFiles(await readCertFiles(config), now);
+}

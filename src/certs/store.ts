@@ -1,0 +1,199 @@
+/**
+ * Holds the current certificate set and replaces it when the directory changes. Certificate
+ * generations flow one way: the store validates a new set and emits it; listeners and agents
+ * subscribe. Nobody else reads the files.
+ *
+ * Change detection is a watch on the directory (debounced) plus a content-hash poll plus SIGHUP.
+ * The directory, not the files, is watched: Kubernetes secret volumes swap a `..data` symlink, so
+ * a watch on a file follows the old inode and goes silent after the first rotation. The poll
+ * covers filesystems where watching does not work at all (some network and FUSE mounts).
+ */
+import { EventEmitter } from 'node:events';
+import { watch, type FSWatcher } from 'node:fs';
+import { dirname } from 'node:path';
+import type { CertDirConfig } from '../config.js';
+import { CertError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { Metrics } from '../metrics.js';
+import { readCertFiles, validateCertFiles, validityOf, type CertSet } from './load.js';
+
+export interface GenerationedCertSet extends CertSet {
+  generation: number;
+  loadedAt: Date;
+}
+
+export type ReloadTrigger = 'start' | 'watch' | 'poll' | 'sighup' | 'api';
+
+export interface ReloadStatus {
+  at: Date;
+  trigger: ReloadTrigger;
+  result: 'success' | 'error' | 'unchanged';
+  error: { code: string; file: string | undefined; message: string } | undefined;
+}
+
+export interface CertStoreEvents {
+  update: [GenerationedCertSet];
+}
+
+const debounceMs = 150;
+
+export class CertStore extends EventEmitter<CertStoreEvents> {
+  #current: GenerationedCertSet | undefined;
+  #generation = 0;
+  #lastStatus: ReloadStatus | undefined;
+  #lastError: ReloadStatus['error'];
+  /** Hash of the last content that failed validation, so the poll does not re-log the same failure. */
+  #lastFailedHash: string | undefined;
+  #watchers: FSWatcher[] = [];
+  #pollTimer: NodeJS.Timeout | undefined;
+  #debounceTimer: NodeJS.Timeout | undefined;
+  #reloading: Promise<ReloadStatus['result']> | undefined;
+  #reloadAgain = false;
+  readonly #config: CertDirConfig;
+  readonly #logger: Logger;
+  readonly #metrics: Metrics | undefined;
+
+  constructor(config: CertDirConfig, logger: Logger, metrics?: Metrics) {
+    super();
+    this.#config = config;
+    this.#logger = logger;
+    this.#metrics = metrics;
+  }
+
+  get current(): GenerationedCertSet | undefined {
+    return this.#current;
+  }
+
+  get lastStatus(): ReloadStatus | undefined {
+    return this.#lastStatus;
+  }
+
+  get lastError(): ReloadStatus['error'] {
+    return this.#lastError;
+  }
+
+  /** Loads the first set; throws the CertError that explains why there is none. */
+  async loadInitial(): Promise<GenerationedCertSet> {
+    const raw = await readCertFiles(this.#config);
+    this.#accept(validateCertFiles(raw), 'start');
+    return this.#current!;
+  }
+
+  /** Starts the directory watch and the poll (interval 0: watch and SIGHUP only). */
+  start(reloadIntervalMs: number): void {
+    const set = this.#current;
+    const dirs = new Set([this.#config.dir, ...(set ? [set.files.cert, set.files.key, set.files.ca].map((file) => dirname(file)) : [])]);
+    for (const dir of dirs) {
+      try {
+        const watcher = watch(dir, { persistent: false }, () => this.#scheduleReload());
+        watcher.on('error', (error) => {
+          this.#logger.warn({ dir, err: error.message }, 'certificate directory watch failed; relying on the poll and SIGHUP');
+        });
+        this.#watchers.push(watcher);
+      } catch (error) {
+        this.#logger.warn({ dir, err: (error as Error).message, reloadIntervalMs }, 'cannot watch the certificate directory; relying on the poll and SIGHUP');
+      }
+    }
+    if (reloadIntervalMs > 0) {
+      this.#pollTimer = setInterval(() => void this.reload('poll'), reloadIntervalMs);
+      this.#pollTimer.unref();
+    }
+  }
+
+  stop(): void {
+    for (const watcher of this.#watchers) watcher.close();
+    this.#watchers = [];
+    clearInterval(this.#pollTimer);
+    clearTimeout(this.#debounceTimer);
+  }
+
+  #scheduleReload(): void {
+    // Writers touch several files in a burst (and kubelet several symlinks): wait for quiet.
+    clearTimeout(this.#debounceTimer);
+    this.#debounceTimer = setTimeout(() => void this.reload('watch'), debounceMs);
+    this.#debounceTimer.unref();
+  }
+
+  /** Re-reads the directory; serialised so two triggers never validate concurrently. */
+  async reload(trigger: ReloadTrigger): Promise<ReloadStatus['result']> {
+    if (this.#reloading) {
+      this.#reloadAgain = true;
+      return this.#reloading;
+    }
+    this.#reloading = this.#reloadOnce(trigger);
+    try {
+      return await this.#reloading;
+    } finally {
+      this.#reloading = undefined;
+      if (this.#reloadAgain) {
+        this.#reloadAgain = false;
+        void this.reload(trigger);
+      }
+    }
+  }
+
+  async #reloadOnce(trigger: ReloadTrigger): Promise<ReloadStatus['result']> {
+    let hash: string | undefined;
+    try {
+      const raw = await readCertFiles(this.#config);
+      hash = raw.contentHash;
+      if (hash === this.#current?.contentHash) {
+        this.#lastFailedHash = undefined;
+        this.#lastError = undefined;
+        return this.#record(trigger, 'unchanged');
+      }
+      if (hash === this.#lastFailedHash && trigger !== 'sighup' && this.#lastError?.code !== 'cert_not_yet_valid') {
+        return this.#record(trigger, 'error');
+      }
+      this.#accept(validateCertFiles(raw), trigger);
+      return 'success';
+    } catch (error) {
+      const certError = error instanceof CertError ? error : new CertError('file_unreadable', undefined, (error as Error).message);
+      const detail = { code: certError.code, file: certError.file, message: certError.message };
+      const repeated = this.#lastError?.message === detail.message;
+      this.#lastError = detail;
+      this.#lastFailedHash = hash;
+      if (!repeated) {
+        this.#metrics?.certReloads.inc({ result: 'error' });
+        this.#logger.error({ trigger, code: detail.code, file: detail.file, reason: detail.message, servingSerial: this.#current?.leaf.serialNumber }, 'certificate reload rejected');
+      }
+      return this.#record(trigger, 'error');
+    }
+  }
+
+  #record(trigger: ReloadTrigger, result: ReloadStatus['result']): ReloadStatus['result'] {
+    this.#lastStatus = { at: new Date(), trigger, result, error: result === 'error' ? this.#lastError : undefined };
+    return result;
+  }
+
+  #accept(set: CertSet, trigger: ReloadTrigger): void {
+    this.#generation += 1;
+    const next: GenerationedCertSet = { ...set, generation: this.#generation, loadedAt: new Date() };
+    const previous = this.#current;
+    this.#current = next;
+    this.#lastError = undefined;
+    this.#lastFailedHash = undefined;
+    this.#record(trigger, 'success');
+    this.#metrics?.certReloads.inc({ result: 'success' });
+    this.#metrics?.certNotAfter.reset();
+    this.#metrics?.certNotAfter.set({ cert: 'leaf' }, Math.floor(next.notAfter.getTime() / 1000));
+    next.bundle.forEach((root, index) => {
+      this.#metrics?.certNotAfter.set({ cert: `bundle_${index}` }, Math.floor(validityOf(root).notAfter.getTime() / 1000));
+    });
+    this.#logger.info(
+      {
+        trigger,
+        generation: next.generation,
+        layout: next.files.layout,
+        serial: next.leaf.serialNumber,
+        previousSerial: previous?.leaf.serialNumber,
+        subject: next.identity.subject,
+        uris: next.identity.uris,
+        notAfter: next.notAfter.toISOString(),
+        bundleSize: next.bundle.length,
+      },
+      'certificates loaded',
+    );
+    this.emit('update', next);
+  }
+}

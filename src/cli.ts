@@ -1,0 +1,149 @@
+#!/usr/bin/env node
+/**
+ * The command line (SPEC §2): parses with yargs, then calls one function per command.
+ * Exit codes: 0 ok, 1 runtime/certificate problem, 2 usage or configuration error.
+ */
+import { stat } from 'node:fs/promises';
+import yargs, { type Argv, type Options } from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { certsInit, certsIssue } from './commands/certs.js';
+import { waitReady } from './commands/wait.js';
+import { buildConfig, envName, parseDuration, readEnv, runOptions, type OptionSpec, type RawRunArgs } from './config.js';
+import { runDemo } from './demo.js';
+import { ConfigError } from './errors.js';
+import { createLogger } from './log.js';
+import { runSidecar } from './run.js';
+
+const usageExit = 2;
+
+function usageError(message: string): never {
+  process.stderr.write(`mtls-sidecar: ${message}\n`);
+  process.exit(usageExit);
+}
+
+/** yargs option definitions from the option table; env values become the defaults so flags win. */
+function yargsOptions(table: Record<string, OptionSpec>, envValues: Record<string, unknown>): Record<string, Options> {
+  const options: Record<string, Options> = {};
+  for (const [flag, spec] of Object.entries(table)) {
+    const fallback = envValues[flag] ?? spec.default;
+    options[flag] = {
+      // Numbers are parsed by config.ts so that a bad value is reported with its flag, not as NaN.
+      type: spec.type === 'number' ? 'string' : spec.type,
+      describe: `${spec.describe} [env ${envName(flag)}]`,
+      ...(fallback === undefined ? {} : { default: fallback }),
+      ...(spec.choices ? { choices: spec.choices } : {}),
+      ...(spec.type === 'array' ? { string: true } : {}),
+    };
+  }
+  return options;
+}
+
+async function runCommand(args: RawRunArgs, unknownEnv: string[]): Promise<void> {
+  let config;
+  try {
+    config = buildConfig(args);
+  } catch (error) {
+    if (error instanceof ConfigError) usageError(error.message);
+    throw error;
+  }
+  const dirStat = await stat(config.certs.dir).catch(() => undefined);
+  if (!dirStat?.isDirectory()) {
+    usageError(new ConfigError('cert-dir', config.certs.dir, 'an existing directory holding the certificate, key and trust bundle (SPEC §3)').message);
+  }
+  const logger = createLogger({ level: config.logLevel, format: config.logFormat });
+  for (const name of unknownEnv) {
+    logger.warn({ env: name }, `ignoring environment variable ${name}: no such flag (Kubernetes sets <SERVICE>_PORT for every Service)`);
+  }
+  if (config.protocol === 'tcp') usageError('--protocol tcp is not available yet; use --protocol http');
+  if (config.workers !== 1) usageError('--workers other than 1 is not available yet');
+  if (config.mode === 'permissive') usageError('--mode permissive is not available yet; use --mode strict');
+
+  const running = await runSidecar(config, logger);
+  if (typeof running === 'number') process.exit(running);
+  process.once('SIGTERM', () => running.stop('SIGTERM'));
+  process.once('SIGINT', () => running.stop('SIGINT'));
+  const code = await running.stopped;
+  process.exit(code);
+}
+
+function addRunOptions(command: Argv, envValues: Record<string, unknown>): Argv {
+  return command.options(yargsOptions(runOptions, envValues));
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const { values: envValues, unknown: unknownEnv } = readEnv(runOptions, process.env);
+  const cli = yargs(argv)
+    .scriptName('mtls-sidecar')
+    .usage('$0 <command> [options]\n\nA service-mesh sidecar: verified mutual TLS in and out of a local app.')
+    .command(
+      ['run', '$0'],
+      'run the sidecar (the default command)',
+      (command) => addRunOptions(command, envValues),
+      (args) => runCommand(args as RawRunArgs, unknownEnv),
+    )
+    .command('certs', 'development certificates (node-forge)', (certs) =>
+      certs
+        .command(
+          'init',
+          'create a development CA in --out (ca.crt, ca.key)',
+          (command) =>
+            command
+              .option('out', { type: 'string', demandOption: true, describe: 'directory to write the CA into' })
+              .option('days', { type: 'number', describe: 'validity in days (default 365)' })
+              .option('name', { type: 'string', describe: 'CA common name' }),
+          async (args) => process.exit(await certsInit({ out: args.out, days: args.days, name: args.name })),
+        )
+        .command(
+          'issue',
+          'issue a service certificate into --out (tls.crt, tls.key, ca.crt)',
+          (command) =>
+            command
+              .option('ca', { type: 'string', demandOption: true, describe: 'directory made by `certs init`' })
+              .option('name', { type: 'string', demandOption: true, describe: 'service name (subject CN)' })
+              .option('dns', { type: 'array', string: true, describe: 'DNS SANs (repeatable or comma-separated)' })
+              .option('spiffe', { type: 'array', string: true, describe: 'SPIFFE ID URI SANs' })
+              .option('ip', { type: 'array', string: true, describe: 'IP SANs' })
+              .option('days', { type: 'number', describe: 'validity in days (default 30)' })
+              .option('out', { type: 'string', demandOption: true, describe: 'directory to write the certificate into' }),
+          async (args) => {
+            const list = (value: unknown) => (Array.isArray(value) ? value.flatMap((item) => String(item).split(',')).filter(Boolean) : undefined);
+            process.exit(await certsIssue({ ca: args.ca, name: args.name, dns: list(args.dns), spiffe: list(args.spiffe), ip: list(args.ip), days: args.days, out: args.out }));
+          },
+        )
+        .demandCommand(1, 'name a certs command: init or issue'),
+    )
+    .command(
+      'wait',
+      'exit 0 once the sidecar is ready (its /readyz answers 200)',
+      (command) =>
+        command
+          .option('admin', { type: 'string', default: process.env.SIDECAR_ADMIN ?? runOptions.admin.default, describe: 'admin address HOST:PORT or URL' })
+          .option('timeout', { type: 'string', default: '60s', describe: 'give up after this long (exit 1)' }),
+      async (args) => {
+        let timeoutMs: number;
+        try {
+          timeoutMs = parseDuration('timeout', args.timeout);
+        } catch (error) {
+          usageError((error as Error).message);
+        }
+        process.exit(await waitReady({ admin: args.admin, timeoutMs }));
+      },
+    )
+    .command('demo', 'run the whole mission on loopback with no set-up, then exit', {}, async () => process.exit(await runDemo()))
+    .strict()
+    .help()
+    .version()
+    .wrap(Math.min(120, process.stdout.columns || 100))
+    .fail((message, error) => {
+      if (error) throw error;
+      const unknown = /Unknown arguments?: (.*)/.exec(message ?? '');
+      if (unknown) usageError(`unknown flag ${unknown[1]!.split(', ').map((name) => (name.length > 1 ? `--${name}` : `-${name}`)).join(', ')} (see --help)`);
+      usageError(message ?? 'invalid usage (see --help)');
+    });
+  await cli.parseAsync();
+}
+
+main(hideBin(process.argv)).catch((error: unknown) => {
+  process.stderr.write(`mtls-sidecar: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,165 @@
+/**
+ * The error catalog: every error the sidecar reports, with its code, HTTP status (for errors the
+ * app sees, SPEC §6), message and hint. Nothing else in the code invents error strings: it names a
+ * code and adds detail.
+ */
+
+/** Errors the local app receives as a 502/503/504 from the sidecar (SPEC §6). */
+export const appErrors = {
+  upstream_cert_untrusted: {
+    status: 502,
+    message: 'the upstream presented a certificate signed by an authority that is not in our trust bundle',
+    hint: 'add the CA that issued the upstream certificate to the trust bundle, or issue the upstream certificate from the mesh CA',
+  },
+  upstream_cert_expired: {
+    status: 502,
+    message: 'the upstream certificate has expired (or is not yet valid)',
+    hint: 'renew the upstream certificate; if it looks valid, check the clocks of both hosts',
+  },
+  upstream_name_mismatch: {
+    status: 502,
+    message: 'the upstream certificate does not name the host that was dialled',
+    hint: 'call the upstream by a name in its certificate SANs, or re-issue it with this name as a DNS/IP SAN',
+  },
+  upstream_identity_mismatch: {
+    status: 502,
+    message: 'the upstream presented a different SPIFFE identity than the one required',
+    hint: 'check --upstream …@spiffe://… / --expect-spiffe and the upstream certificate URI SAN',
+  },
+  upstream_rejected_our_cert: {
+    status: 502,
+    message: 'the upstream refused our client certificate',
+    hint: 'make sure the CA that issued our certificate is in the upstream trust bundle and our certificate is valid (mtls-sidecar check)',
+  },
+  upstream_chain_incomplete: {
+    status: 502,
+    message: 'the upstream sent a certificate chain that is missing an intermediate',
+    hint: 'the upstream should append its intermediate CA certificate(s) to its chain file',
+  },
+  upstream_tls_error: {
+    status: 502,
+    message: 'TLS with the upstream failed',
+    hint: 'run `mtls-sidecar probe URL` to see the handshake in detail',
+  },
+  upstream_refused: {
+    status: 502,
+    message: 'the upstream refused the connection',
+    hint: 'check that the upstream is running and listening on that host and port',
+  },
+  upstream_unresolvable: {
+    status: 502,
+    message: 'the upstream host name could not be resolved',
+    hint: 'check the host name in the URL (and DNS)',
+  },
+  upstream_timeout: {
+    status: 504,
+    message: 'the upstream did not answer in time',
+    hint: 'check the upstream health and load, or raise --connect-timeout / --request-timeout',
+  },
+  upstream_reset: {
+    status: 502,
+    message: 'the upstream closed the connection before answering',
+    hint: 'look at the upstream logs; the upstream may have crashed or refused the request',
+  },
+  app_refused: {
+    status: 502,
+    message: 'the local app refused the connection',
+    hint: 'check that the app is running and listening on the address given by --app',
+  },
+  app_timeout: {
+    status: 504,
+    message: 'the local app did not answer in time',
+    hint: 'check the app health and load, or raise --request-timeout',
+  },
+  app_reset: {
+    status: 502,
+    message: 'the local app closed the connection before answering',
+    hint: 'look at the app logs; it may have crashed while handling the request',
+  },
+  bad_request: {
+    status: 400,
+    message: 'the request could not be proxied',
+    hint: 'send absolute-form requests (http://host:port/path), as HTTP_PROXY clients do',
+  },
+  no_certificate: {
+    status: 503,
+    message: 'the sidecar has no valid certificate loaded',
+    hint: 'run `mtls-sidecar check` against the cert directory',
+  },
+} as const satisfies Record<string, { status: number; message: string; hint: string }>;
+
+export type AppErrorCode = keyof typeof appErrors;
+
+/** Why a TLS handshake (either direction) failed: used in logs, metric labels and diagnoses. */
+export const tlsFailures = {
+  cert_untrusted: 'signed by an unknown authority: add the issuing CA to the trust bundle, or issue the certificate from the mesh CA',
+  cert_expired: 'the certificate has expired: renew it',
+  cert_not_yet_valid: 'the certificate is not valid yet: check the clocks, or wait for its notBefore',
+  name_mismatch: 'the dialled name is not among the certificate SANs: use a name it has, or re-issue it with this name',
+  identity_mismatch: 'the SPIFFE ID differs from the expected one: fix the expected ID or the certificate URI SAN',
+  peer_cert_missing: 'the client sent no certificate: configure the client certificate and key on the caller',
+  our_cert_rejected: 'the peer refused our certificate: is our CA in the peer trust bundle?',
+  chain_incomplete: 'an intermediate CA certificate is missing from the chain: append it to the chain file',
+  key_mismatch: 'the private key does not belong to the certificate: deploy the matching pair',
+  plaintext_on_tls_port: 'plain HTTP was sent to a TLS port: use https, or the plaintext port',
+  tls_on_plaintext_port: 'TLS was sent to a plaintext port: use http, or the TLS port',
+  protocol_version: 'the peer speaks an old TLS version: use TLS 1.2 or newer',
+  no_shared_cipher: 'no cipher in common: the peer must support ECDHE with AES-GCM or ChaCha20-Poly1305',
+  handshake_timeout: 'the peer did not complete the handshake in time (--handshake-timeout)',
+  connection_reset: 'the peer closed the connection during the handshake',
+  tls_error: 'the TLS handshake failed',
+} as const;
+
+export type TlsFailureReason = keyof typeof tlsFailures;
+
+/** Problems with a certificate directory (start-up, reload, `check`). */
+export const certProblems = {
+  cert_dir_missing: 'the certificate directory does not exist: mount the secret there or pass --cert-dir',
+  no_layout: 'no recognised file set: expected tls.crt/tls.key/ca.crt, cert.pem/key.pem/ca.pem, svid.pem/svid_key.pem/svid_bundle.pem or cert-chain.pem/key.pem/root-cert.pem (or set --cert-file/--key-file/--ca-file)',
+  file_missing: 'the file is missing: write it, or point the matching --*-file flag at it',
+  file_unreadable: 'the file cannot be read: check its permissions',
+  file_empty: 'the file is empty: it may be half-written; write the whole PEM',
+  cert_parse_error: 'the file does not hold valid PEM certificates: write the PEM (-----BEGIN CERTIFICATE-----) blocks whole',
+  key_parse_error: 'the private key cannot be read: write a PEM key (PKCS#8, PKCS#1 RSA or SEC1 EC); for an encrypted key pass --key-passphrase-file',
+  key_mismatch: 'the private key does not belong to the leaf certificate: deploy the key that was issued with this certificate',
+  bundle_empty: 'the trust bundle holds no certificate: write the CA certificate(s) into it',
+  chain_untrusted: 'the certificate chain does not lead to any CA in the trust bundle: add the issuing CA to the bundle, or append the missing intermediate to the chain file',
+  cert_expired: 'the certificate has expired: renew it',
+  cert_not_yet_valid: 'the certificate is not valid yet: check the clock, or wait for its notBefore',
+} as const;
+
+export type CertProblemCode = keyof typeof certProblems;
+
+/** A certificate-directory problem, naming the file it is about. */
+export class CertError extends Error {
+  readonly code: CertProblemCode;
+  readonly file: string | undefined;
+  readonly detail: string | undefined;
+
+  constructor(code: CertProblemCode, file?: string, detail?: string) {
+    const where = file ? `${file}: ` : '';
+    super(`${where}${detail ? `${detail}; ` : ''}${certProblems[code]}`);
+    this.name = 'CertError';
+    this.code = code;
+    this.file = file;
+    this.detail = detail;
+  }
+}
+
+/** A bad flag or environment value: exit 2, one line naming the flag, the value and what is allowed. */
+export class ConfigError extends Error {
+  readonly flag: string;
+
+  constructor(flag: string, value: unknown, allowed: string) {
+    super(`--${flag}: ${JSON.stringify(value)} is not valid: ${allowed}`);
+    this.name = 'ConfigError';
+    this.flag = flag;
+  }
+}
+
+/** The JSON body (and status) the app sees for an error (SPEC §6). */
+export function appErrorResponse(code: AppErrorCode, detail?: string): { status: number; body: string } {
+  const entry = appErrors[code];
+  const message = detail ? `${entry.message}: ${detail}` : entry.message;
+  return { status: entry.status, body: JSON.stringify({ error: code, message, hint: entry.hint }) };
+}

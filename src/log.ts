@@ -1,0 +1,84 @@
+/**
+ * The process logger: pino JSON on stdout (or a compact human format with --log-format pretty).
+ * Keys, passphrases and credential headers are redacted at the logger so no call site can leak them.
+ */
+import { Writable } from 'node:stream';
+import { pino, type Logger } from 'pino';
+
+export type { Logger };
+
+const redactPaths = [
+  'key',
+  'keyPem',
+  'passphrase',
+  'headers.authorization',
+  'headers.cookie',
+  'headers["proxy-authorization"]',
+  'headers["set-cookie"]',
+  'req.headers.authorization',
+  'req.headers.cookie',
+  'req.headers["proxy-authorization"]',
+];
+
+/** Renders one pino JSON line as `HH:MM:SS LEVEL msg key=value …`. */
+function prettyLine(line: string): string {
+  try {
+    const record = JSON.parse(line) as Record<string, unknown>;
+    const { time, level, msg, pid: _pid, hostname: _hostname, ...rest } = record;
+    const names: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO', 40: 'WARN', 50: 'ERROR', 60: 'FATAL' };
+    const clock = new Date(Number(time)).toISOString().slice(11, 19);
+    const fields = Object.entries(rest).map(([key, value]) => `${key}=${typeof value === 'string' ? value : JSON.stringify(value)}`);
+    return `${clock} ${(names[Number(level)] ?? String(level)).padEnd(5)} ${String(msg ?? '')} ${fields.join(' ')}`.trimEnd() + '\n';
+  } catch {
+    return line + '\n';
+  }
+}
+
+function prettyStream(): Writable {
+  let pending = '';
+  return new Writable({
+    write(chunk: Buffer, _encoding, callback) {
+      pending += chunk.toString('utf8');
+      const lines = pending.split('\n');
+      pending = lines.pop() ?? '';
+      for (const line of lines) if (line) process.stdout.write(prettyLine(line));
+      callback();
+    },
+  });
+}
+
+export function createLogger(options: { level: string; format: 'json' | 'pretty' }): Logger {
+  const destination = options.format === 'pretty' ? prettyStream() : pino.destination({ fd: 1, sync: true });
+  return pino(
+    {
+      level: options.level,
+      base: { pid: process.pid },
+      redact: { paths: redactPaths, censor: '[redacted]' },
+      formatters: { level: (label) => ({ level: label }) },
+      timestamp: pino.stdTimeFunctions.isoTime,
+    },
+    destination,
+  );
+}
+
+/**
+ * Logs at most once per key per interval, so a misbehaving peer cannot flood the log; returns how
+ * many events were suppressed since the last line for that key.
+ */
+export class RateLimitedLog {
+  private readonly last = new Map<string, { at: number; suppressed: number }>();
+
+  constructor(private readonly intervalMs: number, private readonly maxKeys = 10_000) {}
+
+  /** Returns the suppressed count to report if this event should be logged now, else undefined. */
+  admit(key: string, now = Date.now()): number | undefined {
+    const entry = this.last.get(key);
+    if (entry && now - entry.at < this.intervalMs) {
+      entry.suppressed += 1;
+      return undefined;
+    }
+    if (this.last.size >= this.maxKeys) this.last.clear();
+    this.last.set(key, { at: now, suppressed: 0 });
+    return entry?.suppressed ?? 0;
+  }
+}

@@ -1,0 +1,214 @@
+/**
+ * Outbound: the app's plaintext HTTP in, verified mutual TLS out.
+ * - the forward proxy (the app's HTTP_PROXY) takes absolute-form requests and tunnels CONNECT;
+ * - each `--upstream LOCAL_PORT=HOST:PORT` listener sends everything to one upstream.
+ * Request path: listener -> upstreamTarget -> Forwarder (agent of the current cert generation).
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { connect, isIP, type Socket } from 'node:net';
+import type { Config, ListenAddress, UpstreamRoute } from '../config.js';
+import { appErrorResponse, type AppErrorCode, type TlsFailureReason } from '../errors.js';
+import { Forwarder, type ForwardOptions } from '../forward.js';
+import { stripHopByHop } from '../http-headers.js';
+import { listenOn, trackConnections, type BoundAddress } from '../listen.js';
+import type { Logger } from '../log.js';
+import type { Metrics } from '../metrics.js';
+import { classifyTlsError } from '../tls.js';
+import type { UpstreamAgents } from './agents.js';
+
+const tlsFailureToAppError: Partial<Record<TlsFailureReason, AppErrorCode>> = {
+  cert_untrusted: 'upstream_cert_untrusted',
+  cert_expired: 'upstream_cert_expired',
+  cert_not_yet_valid: 'upstream_cert_expired',
+  name_mismatch: 'upstream_name_mismatch',
+  identity_mismatch: 'upstream_identity_mismatch',
+  our_cert_rejected: 'upstream_rejected_our_cert',
+  chain_incomplete: 'upstream_chain_incomplete',
+  handshake_timeout: 'upstream_timeout',
+  connection_reset: 'upstream_reset',
+};
+
+/** Maps an outbound failure to its catalog code (SPEC §6) and the handshake reason, if TLS. */
+export function classifyUpstreamError(error: Error): { code: AppErrorCode; tlsReason: TlsFailureReason | undefined } {
+  const errno = (error as NodeJS.ErrnoException).code;
+  if (errno === 'ECONNREFUSED') return { code: 'upstream_refused', tlsReason: undefined };
+  if (errno === 'ENOTFOUND' || errno === 'EAI_AGAIN') return { code: 'upstream_unresolvable', tlsReason: undefined };
+  if (errno === 'SIDECAR_TIMEOUT' || errno === 'ETIMEDOUT') return { code: 'upstream_timeout', tlsReason: undefined };
+  const tlsReason = classifyTlsError(error);
+  if (tlsReason === undefined || tlsReason === 'connection_reset') return { code: 'upstream_reset', tlsReason: undefined };
+  return { code: tlsFailureToAppError[tlsReason] ?? 'upstream_tls_error', tlsReason };
+}
+
+function authority(host: string, port: number): string {
+  return isIP(host) === 6 ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+interface Upstream {
+  host: string;
+  port: number;
+  expectedSpiffe: string | undefined;
+}
+
+export class OutboundListeners {
+  readonly #config: Config;
+  readonly #agents: UpstreamAgents;
+  readonly #logger: Logger;
+  readonly #metrics: Metrics;
+  readonly #forwarder: Forwarder;
+  readonly #servers: Server[] = [];
+
+  constructor(options: { config: Config; agents: UpstreamAgents; logger: Logger; metrics: Metrics }) {
+    this.#config = options.config;
+    this.#agents = options.agents;
+    this.#logger = options.logger;
+    this.#metrics = options.metrics;
+    this.#forwarder = new Forwarder({
+      direction: 'outbound',
+      timeouts: options.config.timeouts,
+      logger: options.logger,
+      metrics: options.metrics,
+      classify: (error) => {
+        const { code, tlsReason } = classifyUpstreamError(error);
+        if (tlsReason) this.#metrics.handshakeErrors.inc({ direction: 'outbound', reason: tlsReason });
+        return code;
+      },
+    });
+    if (options.config.insecureSkipVerify) {
+      this.#logger.warn('--insecure-skip-verify is set: upstream certificates are NOT verified; anyone on the path can impersonate upstreams. Development only.');
+    }
+  }
+
+  /** Binds the forward proxy and every --upstream listener; returns their bound addresses. */
+  async listen(): Promise<{ outbound: BoundAddress | undefined; upstreams: Record<string, BoundAddress> }> {
+    let outbound: BoundAddress | undefined;
+    if (this.#config.outbound) {
+      const server = this.#createServer((req, res) => this.#onProxyRequest(req, res));
+      server.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => this.#onConnect(req, socket, head));
+      outbound = await this.#bind(server, this.#config.outbound, 'outbound');
+    }
+    const upstreams: Record<string, BoundAddress> = {};
+    for (const route of this.#config.upstreams) {
+      const server = this.#createServer((req, res) => this.#onRouteRequest(route, req, res));
+      upstreams[String(route.localPort)] = await this.#bind(server, { host: '127.0.0.1', port: route.localPort }, 'upstream');
+    }
+    return { outbound, upstreams };
+  }
+
+  close(): Promise<void> {
+    return Promise.all(
+      this.#servers.map(
+        (server) =>
+          new Promise<void>((resolve) => {
+            server.close(() => resolve());
+            server.closeIdleConnections();
+          }),
+      ),
+    ).then(() => undefined);
+  }
+
+  #createServer(handler: (req: IncomingMessage, res: ServerResponse) => void): Server {
+    const { timeouts, maxHeaderSize } = this.#config;
+    const server = createServer({ maxHeaderSize, headersTimeout: timeouts.headersMs, requestTimeout: 0, keepAliveTimeout: timeouts.idleMs }, handler);
+    server.setTimeout(timeouts.idleMs);
+    server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => this.#onUpgrade(req, socket, head));
+    trackConnections(server, 'outbound', this.#metrics);
+    this.#servers.push(server);
+    return server;
+  }
+
+  async #bind(server: Server, address: ListenAddress, flag: string): Promise<BoundAddress> {
+    return listenOn(server, address, flag);
+  }
+
+  #forwardOptions(upstream: Upstream): ForwardOptions {
+    const where = authority(upstream.host, upstream.port);
+    return {
+      target: new URL(`https://${where}`),
+      agent: this.#agents.agentFor(upstream.expectedSpiffe),
+      changeOrigin: true,
+      peer: 'app',
+      logFields: { upstream: where, ...(this.#config.insecureSkipVerify ? { insecureSkipVerify: true } : {}) },
+    };
+  }
+
+  /** Absolute-form request target -> upstream; rewrites the request line to origin-form. */
+  #upstreamFromProxyRequest(req: IncomingMessage): Upstream | undefined {
+    let url: URL;
+    try {
+      url = new URL(req.url ?? '');
+    } catch {
+      return undefined;
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') return undefined;
+    const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
+    const port = url.port ? Number(url.port) : url.protocol === 'https:' ? 443 : 80;
+    req.url = `${url.pathname}${url.search}`;
+    return { host, port, expectedSpiffe: this.#config.expectSpiffe.get(host.toLowerCase()) };
+  }
+
+  #onProxyRequest(req: IncomingMessage, res: ServerResponse): void {
+    const upstream = this.#upstreamFromProxyRequest(req);
+    if (!upstream) {
+      this.#forwarder.sendError(req, res, 'bad_request', `request target ${JSON.stringify(req.url)} is not an absolute http:// URL`);
+      return;
+    }
+    stripHopByHop(req.headers);
+    this.#forwarder.web(req, res, this.#forwardOptions(upstream));
+  }
+
+  #onRouteRequest(route: UpstreamRoute, req: IncomingMessage, res: ServerResponse): void {
+    stripHopByHop(req.headers);
+    this.#forwarder.web(req, res, this.#forwardOptions({ host: route.host, port: route.port, expectedSpiffe: route.spiffeId }));
+  }
+
+  #onUpgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
+    const localPort = socket.localPort;
+    const route = this.#config.upstreams.find((candidate) => candidate.localPort === localPort);
+    const upstream = route ? { host: route.host, port: route.port, expectedSpiffe: route.spiffeId } : this.#upstreamFromProxyRequest(req);
+    if (!upstream) {
+      socket.destroy();
+      return;
+    }
+    stripHopByHop(req.headers, true);
+    this.#forwarder.upgrade(req, socket, head, this.#forwardOptions(upstream));
+  }
+
+  /** CONNECT host:port: a raw tunnel; the app does its own TLS through it. */
+  #onConnect(req: IncomingMessage, client: Socket, head: Buffer): void {
+    const match = /^\[?([^\]]+?)\]?:(\d+)$/.exec(req.url ?? '');
+    const refuse = (code: AppErrorCode, detail: string) => {
+      const { status, body } = appErrorResponse(code, detail);
+      this.#logger.warn({ direction: 'outbound', method: 'CONNECT', target: req.url, error: code, reason: detail }, 'tunnel failed');
+      this.#metrics.requests.inc({ direction: 'outbound', code: String(status) });
+      client.end(`HTTP/1.1 ${status} ${status === 504 ? 'Gateway Timeout' : status === 400 ? 'Bad Request' : 'Bad Gateway'}\r\ncontent-type: application/json\r\nx-sidecar-error: ${code}\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+    };
+    if (!match) {
+      refuse('bad_request', `CONNECT target ${JSON.stringify(req.url)} is not HOST:PORT`);
+      return;
+    }
+    const [, host, port] = match;
+    const connectMs = this.#config.timeouts.connectMs;
+    const upstream = connect({ host: host!, port: Number(port) });
+    const timer = connectMs > 0 ? setTimeout(() => upstream.destroy(Object.assign(new Error(`connecting took longer than ${connectMs} ms`), { code: 'SIDECAR_TIMEOUT' })), connectMs) : undefined;
+    let connected = false;
+    client.on('error', () => upstream.destroy());
+    upstream.once('error', (error) => {
+      clearTimeout(timer);
+      if (connected) client.destroy();
+      else refuse(classifyUpstreamError(error).code, error.message);
+    });
+    upstream.once('connect', () => {
+      connected = true;
+      clearTimeout(timer);
+      this.#logger.info({ direction: 'outbound', method: 'CONNECT', upstream: req.url, status: 200 }, 'request');
+      this.#metrics.requests.inc({ direction: 'outbound', code: '200' });
+      client.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+      if (head.length) upstream.write(head);
+      upstream.pipe(client);
+      client.pipe(upstream);
+      upstream.on('error', () => client.destroy());
+      upstream.on('close', () => client.destroy());
+      client.on('close', () => upstream.destroy());
+    });
+  }
+}

@@ -1,0 +1,136 @@
+/**
+ * `mtls-sidecar run`: loads certificates, binds the listeners, reports readiness, reloads on
+ * change/SIGHUP, and drains on SIGTERM/SIGINT.
+ */
+import { AdminServer } from './admin/server.js';
+import { CertStore } from './certs/store.js';
+import type { Config } from './config.js';
+import { CertError } from './errors.js';
+import { InboundListener } from './inbound/server.js';
+import { ListenError } from './listen.js';
+import type { Logger } from './log.js';
+import { Metrics } from './metrics.js';
+import { UpstreamAgents } from './outbound/agents.js';
+import { OutboundListeners } from './outbound/proxy.js';
+
+export interface RunningSidecar {
+  listeners: Record<string, unknown>;
+  /** Resolves with the process exit code once the sidecar has stopped. */
+  stopped: Promise<number>;
+  stop(signal: string): void;
+}
+
+export async function runSidecar(config: Config, logger: Logger): Promise<RunningSidecar | number> {
+  const metrics = new Metrics();
+  const store = new CertStore(config.certs, logger, metrics);
+  try {
+    await store.loadInitial();
+  } catch (error) {
+    if (!(error instanceof CertError)) throw error;
+    logger.fatal({ code: error.code, file: error.file, reason: error.message }, 'no valid certificate set at start');
+    process.stderr.write(`mtls-sidecar: cannot start: ${error.message} [${error.code}]\n`);
+    return 1;
+  }
+
+  let draining = false;
+  const bound = new Set<string>();
+  const expected = new Set<string>();
+  const readiness = {
+    reasons(): string[] {
+      const reasons: string[] = [];
+      if (draining) reasons.push('draining: shutting down');
+      const set = store.current;
+      if (!set) reasons.push('no valid certificate set loaded');
+      else if (set.notAfter.getTime() < Date.now()) reasons.push(`the served certificate expired at ${set.notAfter.toISOString()}`);
+      for (const name of expected) if (!bound.has(name)) reasons.push(`listener ${name} is not bound yet`);
+      return reasons;
+    },
+  };
+
+  const agents = new UpstreamAgents({ config, store, logger });
+  const inbound = config.inbound ? new InboundListener({ config, store, logger, metrics }) : undefined;
+  const outbound = new OutboundListeners({ config, agents, logger, metrics });
+  const admin = config.admin ? new AdminServer({ address: config.admin, store, metrics, readiness }) : undefined;
+
+  const listeners: { inbound?: string; outbound?: string; admin?: string; upstreams?: Record<string, string> } = {};
+  if (inbound) expected.add('inbound');
+  if (config.outbound) expected.add('outbound');
+  for (const route of config.upstreams) expected.add(`upstream ${route.localPort}`);
+  try {
+    if (admin) listeners.admin = await admin.listen();
+    if (inbound) {
+      listeners.inbound = await inbound.listen();
+      bound.add('inbound');
+    }
+    const out = await outbound.listen();
+    if (out.outbound) {
+      listeners.outbound = out.outbound;
+      bound.add('outbound');
+    }
+    if (config.upstreams.length) {
+      listeners.upstreams = out.upstreams;
+      for (const port of Object.keys(out.upstreams)) bound.add(`upstream ${port}`);
+    }
+  } catch (error) {
+    if (!(error instanceof ListenError)) throw error;
+    logger.fatal({ reason: error.message }, 'cannot bind a listener');
+    process.stderr.write(`mtls-sidecar: ${error.message}\n`);
+    await Promise.allSettled([inbound?.close(), outbound.close(), admin?.close()]);
+    return 1;
+  }
+
+  store.start(config.reloadIntervalMs);
+  const onHangup = () => {
+    logger.info('SIGHUP: reloading certificates');
+    void store.reload('sighup');
+  };
+  process.on('SIGHUP', onHangup);
+
+  const set = store.current!;
+  logger.info(
+    {
+      listeners,
+      mode: config.mode,
+      protocol: config.protocol,
+      app: config.app.kind === 'unix' ? `unix:${config.app.path}` : `${config.app.kind}://${config.app.host}:${config.app.port}`,
+      identity: set.identity.uris,
+      serial: set.leaf.serialNumber,
+    },
+    'sidecar ready',
+  );
+
+  let resolveStopped: (code: number) => void = () => undefined;
+  const stopped = new Promise<number>((resolve) => {
+    resolveStopped = resolve;
+  });
+
+  const stop = (signal: string) => {
+    if (draining) return;
+    draining = true;
+    const drainMs = config.timeouts.drainMs;
+    logger.info({ signal, drainTimeoutMs: drainMs }, 'draining: no new connections, finishing in-flight requests');
+    store.stop();
+    process.off('SIGHUP', onHangup);
+    const inboundServer = inbound?.server;
+    // Keep-alive connections that go idle during the drain are closed as soon as they do.
+    const idleSweep = setInterval(() => inboundServer?.closeIdleConnections(), 100);
+    const finished = Promise.all([inbound?.close(), outbound.close()]);
+    const deadline = new Promise<'timeout'>((resolve) => setTimeout(() => resolve('timeout'), drainMs).unref());
+    void Promise.race([finished.then(() => 'done' as const), deadline]).then(async (outcome) => {
+      clearInterval(idleSweep);
+      let code = 0;
+      if (outcome === 'timeout') {
+        const open = await new Promise<number>((resolve) => (inboundServer ? inboundServer.getConnections((_error, count) => resolve(count)) : resolve(0)));
+        logger.warn({ cutConnections: open, drainTimeoutMs: drainMs }, 'drain timeout: cutting the connections still open');
+        inboundServer?.closeAllConnections();
+        code = 1;
+      }
+      agents.destroy();
+      await admin?.close();
+      logger.info({ exitCode: code }, 'stopped');
+      resolveStopped(code);
+    });
+  };
+
+  return { listeners, stopped, stop };
+}
