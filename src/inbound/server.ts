@@ -18,6 +18,7 @@ import { RateLimitedLog, type Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { classifyPeerVerifyError, classifyTlsError, tlsOptionsFor } from '../tls.js';
 import { formatXfcc } from './xfcc.js';
+import { tlsFailures } from '../errors.js';
 import { listenOn, trackConnections, type BoundAddress } from '../listen.js';
 
 export interface PeerInfo {
@@ -42,6 +43,8 @@ export class InboundListener {
   readonly #appAgent: HttpAgent;
   readonly #appTarget: ProxyTarget;
   readonly #peers = new WeakMap<TLSSocket, PeerInfo>();
+  /** Remote address per raw socket, kept because a socket destroyed mid-handshake forgets it. */
+  readonly #remoteAddresses = new WeakMap<Socket, string>();
   readonly #handshakeLog = new RateLimitedLog(10_000);
   /** Session ticket keys outlive certificate rotation so resumption keeps working. */
   readonly #ticketKeys = randomBytes(48);
@@ -76,6 +79,7 @@ export class InboundListener {
     this.#server.on('tlsClientError', (error, socket) => this.#onHandshakeError(error, socket));
     this.#server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => this.#onUpgrade(req, socket, head));
     trackConnections(this.#server, 'inbound', metrics);
+    this.#server.on('connection', (socket: Socket) => this.#remoteAddresses.set(socket, `${socket.remoteAddress}:${socket.remotePort}`));
     store.on('update', (next) => this.#onCertUpdate(next));
   }
 
@@ -114,17 +118,18 @@ export class InboundListener {
   }
 
   #onHandshakeError(error: Error, socket: TLSSocket): void {
-    let reason = classifyTlsError(error) ?? 'tls_error';
-    // The server side only hears "certificate verify failed"; the socket still knows why.
-    if (reason === 'cert_untrusted' || reason === 'tls_error') {
-      const verifyError = (socket as TLSSocket & { _handle?: { verifyError?: () => Error | null } })._handle?.verifyError?.();
-      if (verifyError) reason = classifyPeerVerifyError((verifyError as NodeJS.ErrnoException).code);
-    }
+    // Node checks the client chain itself after the handshake and destroys the socket, so the
+    // error says only "socket hang up"; the socket keeps the verify result and its parent the address.
+    const verifyResult = socket.authorizationError as unknown as string | undefined;
+    const reason = verifyResult ? classifyPeerVerifyError(verifyResult) : (classifyTlsError(error) ?? 'tls_error');
+    const raw = (socket as TLSSocket & { _parent?: Socket })._parent;
+    const peer = (raw && this.#remoteAddresses.get(raw)) ?? 'unknown';
+    const address = peer.slice(0, peer.lastIndexOf(':'));
     this.#metrics.handshakeErrors.inc({ direction: 'inbound', reason });
-    const peer = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
-    const suppressed = this.#handshakeLog.admit(`${socket.remoteAddress}|${reason}`);
+    const suppressed = this.#handshakeLog.admit(`${address}|${reason}`);
     if (suppressed !== undefined) {
-      this.#logger.warn({ direction: 'inbound', reason, peer, detail: error.message, ...(suppressed ? { suppressed } : {}) }, 'TLS handshake failed');
+      const detail = verifyResult ?? error.message.replace(/^[0-9A-F]+:error:[0-9A-F]+:SSL routines:[^:]*:/, '').replace(/:\.\.\/deps.*$/s, '');
+      this.#logger.warn({ direction: 'inbound', reason, peer, detail, hint: tlsFailures[reason], ...(suppressed ? { suppressed } : {}) }, 'TLS handshake failed');
     }
   }
 

@@ -1,0 +1,123 @@
+/**
+ * `mtls-sidecar certs init` and `certs issue`: a development CA and service certificates in the
+ * Kubernetes layout of SPEC §3. Each handler prints what it wrote and returns the exit code:
+ * 0 done, 1 I/O or CA problem, 2 invalid input.
+ */
+import { X509Certificate } from 'node:crypto';
+import { access } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import {
+  createDevCA,
+  DEFAULT_CA_NAME,
+  InvalidCertOptionError,
+  issueDevCert,
+  readCaDir,
+  writeCaDir,
+  writeServiceDir,
+} from '../certs/issue.js';
+
+export interface CertsInitArgs {
+  out: string;
+  days?: number;
+  name?: string;
+}
+
+export interface CertsIssueArgs {
+  ca: string;
+  name: string;
+  dns?: string[];
+  spiffe?: string[];
+  ip?: string[];
+  days?: number;
+  out: string;
+}
+
+const EXIT_OK = 0;
+const EXIT_FAILED = 1;
+const EXIT_USAGE = 2;
+
+export async function certsInit(args: CertsInitArgs): Promise<number> {
+  const out = resolve(args.out);
+  // Replacing a CA silently would orphan every certificate it issued.
+  if (await exists(join(out, 'ca.key'))) {
+    process.stderr.write(`certs init: ${join(out, 'ca.key')} already exists; remove it or choose another --out\n`);
+    return EXIT_FAILED;
+  }
+  return runStep('certs init', async () => {
+    const ca = createDevCA({ commonName: args.name ?? DEFAULT_CA_NAME, days: args.days });
+    await writeCaDir(out, ca);
+    const cert = new X509Certificate(ca.certPem);
+    printSummary([
+      `wrote ${join(out, 'ca.crt')} and ${join(out, 'ca.key')} (0600)`,
+      `subject  ${oneLineDn(cert.subject)}`,
+      `serial   ${cert.serialNumber}`,
+      `expires  ${isoDate(cert.validTo)}`,
+      `next: mtls-sidecar certs issue --ca ${args.out} --name NAME --spiffe spiffe://TRUST-DOMAIN/PATH --out DIR`,
+    ]);
+  });
+}
+
+export async function certsIssue(args: CertsIssueArgs): Promise<number> {
+  const out = resolve(args.out);
+  return runStep('certs issue', async () => {
+    const ca = await readCaDir(resolve(args.ca));
+    const leaf = issueDevCert(ca, {
+      name: args.name,
+      dns: splitList(args.dns),
+      spiffe: splitList(args.spiffe),
+      ips: splitList(args.ip),
+      days: args.days,
+    });
+    await writeServiceDir(out, leaf, ca.certPem);
+    const cert = new X509Certificate(leaf.certPem);
+    printSummary([
+      `wrote ${join(out, 'tls.crt')}, ${join(out, 'tls.key')} (0600) and ${join(out, 'ca.crt')}`,
+      `subject  ${oneLineDn(cert.subject)}`,
+      `issuer   ${oneLineDn(cert.issuer)}`,
+      `SANs     ${cert.subjectAltName ?? '(none)'}`,
+      `serial   ${cert.serialNumber}`,
+      `expires  ${isoDate(cert.validTo)}`,
+    ]);
+  });
+}
+
+async function runStep(command: string, step: () => Promise<void>): Promise<number> {
+  try {
+    await step();
+    return EXIT_OK;
+  } catch (error) {
+    if (error instanceof InvalidCertOptionError) {
+      process.stderr.write(`${command}: ${error.message}\n`);
+      return EXIT_USAGE;
+    }
+    const message = error instanceof Error ? error.message : String(error);
+    process.stderr.write(`${command}: ${message}\n`);
+    return EXIT_FAILED;
+  }
+}
+
+/** Accepts both repeated flags and comma-separated values (`--dns a,b`, `SIDECAR_DNS=a,b`). */
+function splitList(values: string[] | undefined): string[] {
+  return (values ?? []).flatMap((value) => String(value).split(',')).map((value) => value.trim()).filter((value) => value !== '');
+}
+
+function printSummary(lines: string[]): void {
+  process.stdout.write(lines.map((line) => `${line}\n`).join(''));
+}
+
+function oneLineDn(dn: string): string {
+  return dn.split('\n').join(', ');
+}
+
+function isoDate(validTo: string): string {
+  return new Date(validTo).toISOString();
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await access(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
