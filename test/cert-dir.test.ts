@@ -1,0 +1,303 @@
+// The cert directory (SPEC §3), start-up failures, configuration errors (SPEC §2) and certificate
+// replacement while running. What the sidecar serves is read with `openssl s_client -showcerts`
+// and `openssl x509 -serial`, never with the product's own parser.
+import assert from 'node:assert/strict';
+import { rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { startEchoApp, type EchoApp } from './helpers/apps.js';
+import { mtlsRequest, servedCertificates } from './helpers/clients.js';
+import {
+  certDirContent,
+  freshDir,
+  issueLeaf,
+  kubernetesAtomicWrite,
+  layoutFiles,
+  makeIntermediate,
+  makeRootCA,
+  makeService,
+  normalizeSerial,
+  sharedRootCA,
+  writeLayout,
+  type CertificateAuthority,
+  type KeyFormat,
+  type KeyType,
+  type Layout,
+  type Leaf,
+  type ServiceIdentity,
+} from './helpers/pki.js';
+import { freePort, runCli, startSidecar, stopAllSidecars, type LogLine, type Sidecar } from './helpers/sidecar.js';
+
+const QUIET_LISTENERS = ['--outbound', 'off', '--admin', 'off'];
+
+describe('cert directory', () => {
+  let root: CertificateAuthority;
+  let peer: ServiceIdentity;
+  let app: EchoApp;
+
+  before(async () => {
+    root = await sharedRootCA();
+    [peer, app] = await Promise.all([makeService(root, 'peer'), startEchoApp()]);
+  });
+
+  after(async () => {
+    await stopAllSidecars();
+    await app?.close();
+  });
+
+  /** Serials the sidecar's inbound listener sends, leaf first, as openssl sees them. */
+  const servedSerials = async (sidecar: Sidecar): Promise<string[]> =>
+    (await servedCertificates({ ...sidecar.inbound, certPath: peer.leaf.certPath, keyPath: peer.leaf.keyPath })).serials;
+
+  const startOn = (certDir: string, extra: string[] = []): Promise<Sidecar> =>
+    startSidecar(['--cert-dir', certDir, '--app', app.url, ...QUIET_LISTENERS, ...extra]);
+
+  for (const layout of ['kubernetes', 'generic', 'spiffe', 'istio'] as Layout[]) {
+    test(`${layout} layout loads and its certificate is served`, async () => {
+      const service = await makeService(root, `svc-${layout}`, { layout });
+      const sidecar = await startOn(service.certDir);
+      try {
+        const serials = await servedSerials(sidecar);
+        assert.equal(serials[0], service.leaf.serial);
+      } finally {
+        await sidecar.stop();
+      }
+    });
+  }
+
+  test('leaf + intermediate chain is sent whole', async () => {
+    const intermediate = await makeIntermediate(root, { cn: 'issuing intermediate' });
+    const service = await makeService(intermediate, 'svc-chain');
+    const sidecar = await startOn(service.certDir);
+    try {
+      assert.deepEqual(await servedSerials(sidecar), [service.leaf.serial, intermediate.serial]);
+      // A peer that trusts only the root can verify the served chain.
+      const response = await mtlsRequest({ ...sidecar.inbound, path: '/chain', ca: root.certPem, cert: peer.leaf.chainPem, key: peer.leaf.keyPem });
+      assert.equal(response.status, 200, response.text);
+    } finally {
+      await sidecar.stop();
+    }
+  });
+
+  const keyCases: Array<[KeyType, KeyFormat]> = [
+    ['rsa', 'pkcs1'],
+    ['rsa', 'pkcs8'],
+    ['ec', 'sec1'],
+    ['ec', 'pkcs8'],
+    ['ed25519', 'pkcs8'],
+  ];
+  for (const [keyType, keyFormat] of keyCases) {
+    test(`${keyType} certificate with a ${keyFormat} key loads and serves`, async () => {
+      const service = await makeService(root, `svc-${keyType}-${keyFormat}`, { keyType, keyFormat });
+      const sidecar = await startOn(service.certDir);
+      try {
+        assert.equal((await servedSerials(sidecar))[0], service.leaf.serial);
+        const response = await mtlsRequest({ ...sidecar.inbound, path: '/key', ca: root.certPem, cert: peer.leaf.chainPem, key: peer.leaf.keyPem });
+        assert.equal(response.status, 200, response.text);
+      } finally {
+        await sidecar.stop();
+      }
+    });
+  }
+
+  test('a bundle with two roots accepts peers of both', async () => {
+    const secondRoot = await makeRootCA({ cn: 'second root' });
+    const service = await makeService(root, 'svc-two-roots', { bundlePem: root.certPem + secondRoot.certPem });
+    const peerOfSecond = await makeService(secondRoot, 'peer-of-second');
+    const sidecar = await startOn(service.certDir);
+    try {
+      for (const caller of [peer, peerOfSecond]) {
+        const response = await mtlsRequest({ ...sidecar.inbound, path: `/from/${caller.leaf.subject}`, ca: root.certPem, cert: caller.leaf.chainPem, key: caller.leaf.keyPem });
+        assert.equal(response.status, 200, `${caller.spiffeId}: ${response.text}`);
+      }
+    } finally {
+      await sidecar.stop();
+    }
+  });
+});
+
+describe('start-up without a valid certificate set', () => {
+  let root: CertificateAuthority;
+
+  before(async () => {
+    root = await sharedRootCA();
+  });
+
+  const run = (certDir: string) => runCli(['run', '--cert-dir', certDir, '--inbound', '127.0.0.1:0', '--outbound', 'off', '--admin', 'off', '--app', 'http://127.0.0.1:9']);
+
+  test('a key that does not match the certificate -> exit 1 naming the file and the problem', async () => {
+    const service = await makeService(root, 'mismatch');
+    const stranger = await issueLeaf(root, { cn: 'stranger' });
+    await writeFile(join(service.certDir, 'tls.key'), stranger.keyPem);
+    const result = await run(service.certDir);
+    const output = result.stdout + result.stderr;
+    assert.equal(result.code, 1, output);
+    assert.match(output, /tls\.(key|crt)/, output);
+    assert.match(output, /match|belong/i, output);
+  });
+
+  test('an expired certificate -> exit 1 naming the file and the problem', async () => {
+    const service = await makeService(root, 'expired', { expired: true });
+    const result = await run(service.certDir);
+    const output = result.stdout + result.stderr;
+    assert.equal(result.code, 1, output);
+    assert.match(output, /tls\.crt/, output);
+    assert.match(output, /expired/i, output);
+  });
+
+  test('a missing file -> exit 1 naming the file and the problem', async () => {
+    const service = await makeService(root, 'missing');
+    await rm(join(service.certDir, 'ca.crt'));
+    const result = await run(service.certDir);
+    const output = result.stdout + result.stderr;
+    assert.equal(result.code, 1, output);
+    assert.match(output, /ca\.crt/, output);
+    assert.match(output, /missing|not exist|no such|not found/i, output);
+  });
+});
+
+describe('configuration errors', () => {
+  let service: ServiceIdentity;
+  let app: EchoApp;
+
+  before(async () => {
+    [service, app] = await Promise.all([sharedRootCA().then((root) => makeService(root, 'config')), startEchoApp()]);
+  });
+
+  after(async () => {
+    await stopAllSidecars();
+    await app?.close();
+  });
+
+  /** Exit 2 and exactly one stderr line naming the flag (and the value). */
+  const assertUsageError = async (args: string[], flag: string, value: string): Promise<void> => {
+    const result = await runCli(['run', ...args]);
+    assert.equal(result.code, 2, `exit code; stderr: ${result.stderr}\nstdout: ${result.stdout}`);
+    const lines = result.stderr.trim().split('\n').filter((line) => line.trim() !== '');
+    assert.equal(lines.length, 1, `one stderr line expected, got:\n${result.stderr}`);
+    assert.ok(lines[0]?.includes(flag), `the line should name ${flag}: ${lines[0]}`);
+    assert.ok(lines[0]?.includes(value), `the line should name the value ${value}: ${lines[0]}`);
+  };
+
+  test('bad port in --inbound -> exit 2 with one line naming the flag', async () => {
+    await assertUsageError(['--cert-dir', service.certDir, '--inbound', '127.0.0.1:99999', '--outbound', 'off', '--admin', 'off'], '--inbound', '99999');
+  });
+
+  test('unparsable --connect-timeout -> exit 2 with one line naming the flag', async () => {
+    await assertUsageError(['--cert-dir', service.certDir, '--inbound', '127.0.0.1:0', '--outbound', 'off', '--admin', 'off', '--connect-timeout', 'soonish'], '--connect-timeout', 'soonish');
+  });
+
+  test('missing cert dir -> exit 2 with one line naming the flag', async () => {
+    const missing = join(await freshDir('nowhere'), 'does-not-exist');
+    await assertUsageError(['--cert-dir', missing, '--inbound', '127.0.0.1:0', '--outbound', 'off', '--admin', 'off'], '--cert-dir', missing);
+  });
+
+  test('unknown SIDECAR_FOO env var -> a warning, and the process still starts', async () => {
+    const sidecar = await startSidecar(['--cert-dir', service.certDir, '--app', app.url, ...QUIET_LISTENERS], { env: { SIDECAR_FOO: 'bar' } });
+    try {
+      const warnedInLog = sidecar.logs().some((line: LogLine) => JSON.stringify(line).includes('SIDECAR_FOO'));
+      assert.ok(warnedInLog || sidecar.stderr().includes('SIDECAR_FOO'), `a warning naming SIDECAR_FOO expected:\n${sidecar.output()}`);
+    } finally {
+      await sidecar.stop();
+    }
+  });
+
+  test('SIDECAR_INBOUND env is used', async () => {
+    const port = await freePort();
+    const sidecar = await startSidecar(['--cert-dir', service.certDir, '--app', app.url, ...QUIET_LISTENERS], { env: { SIDECAR_INBOUND: `127.0.0.1:${port}` } });
+    try {
+      assert.deepEqual(sidecar.inbound, { host: '127.0.0.1', port });
+    } finally {
+      await sidecar.stop();
+    }
+  });
+
+  test('--inbound flag overrides SIDECAR_INBOUND env', async () => {
+    const [envPort, flagPort] = await Promise.all([freePort(), freePort()]);
+    const sidecar = await startSidecar(['--cert-dir', service.certDir, '--app', app.url, '--inbound', `127.0.0.1:${flagPort}`, ...QUIET_LISTENERS], {
+      env: { SIDECAR_INBOUND: `127.0.0.1:${envPort}` },
+    });
+    try {
+      assert.deepEqual(sidecar.inbound, { host: '127.0.0.1', port: flagPort });
+    } finally {
+      await sidecar.stop();
+    }
+  });
+});
+
+describe('certificate replacement while running', () => {
+  let root: CertificateAuthority;
+  let peer: ServiceIdentity;
+  let app: EchoApp;
+
+  before(async () => {
+    root = await sharedRootCA();
+    [peer, app] = await Promise.all([makeService(root, 'rotation-peer'), startEchoApp()]);
+  });
+
+  after(async () => {
+    await stopAllSidecars();
+    await app?.close();
+  });
+
+  /** A kubelet-style secret volume holding `leaf`, and a sidecar serving it. */
+  const startWithSecretVolume = async (name: string, extra: string[]): Promise<{ dir: string; first: Leaf; sidecar: Sidecar }> => {
+    const dir = await freshDir(`volume-${name}`);
+    const first = await issueLeaf(root, { cn: name, dns: ['localhost'], ips: ['127.0.0.1'] });
+    await kubernetesAtomicWrite(dir, layoutFiles('kubernetes', certDirContent(first)));
+    const sidecar = await startSidecar(['--cert-dir', dir, '--app', app.url, ...QUIET_LISTENERS, ...extra]);
+    return { dir, first, sidecar };
+  };
+
+  const servedLeafSerial = async (sidecar: Sidecar): Promise<string> =>
+    (await servedCertificates({ ...sidecar.inbound, certPath: peer.leaf.certPath, keyPath: peer.leaf.keyPath })).serials[0] ?? '';
+
+  const loadedLine = (serial: string) => (line: LogLine) => line.msg === 'certificates loaded' && normalizeSerial(String(line.serial ?? '')) === normalizeSerial(serial);
+
+  test('a replaced directory is served to the next handshake after SIGHUP', async () => {
+    const { dir, first, sidecar } = await startWithSecretVolume('hup', ['--reload-interval', '0']);
+    assert.equal(await servedLeafSerial(sidecar), first.serial);
+    const second = await issueLeaf(root, { cn: 'hup', dns: ['localhost'], ips: ['127.0.0.1'] });
+    await kubernetesAtomicWrite(dir, layoutFiles('kubernetes', certDirContent(second)));
+    sidecar.signal('SIGHUP');
+    await sidecar.waitForLog(loadedLine(second.serial), 10000);
+    assert.equal(await servedLeafSerial(sidecar), second.serial);
+    await sidecar.stop();
+  });
+
+  test('a replaced directory is picked up by the directory watch without SIGHUP', async () => {
+    // --reload-interval 0 turns polling off: only the watch can notice the change.
+    const { dir, first, sidecar } = await startWithSecretVolume('watch', ['--reload-interval', '0']);
+    assert.equal(await servedLeafSerial(sidecar), first.serial);
+    const second = await issueLeaf(root, { cn: 'watch', dns: ['localhost'], ips: ['127.0.0.1'] });
+    await kubernetesAtomicWrite(dir, layoutFiles('kubernetes', certDirContent(second)));
+    await sidecar.waitForLog(loadedLine(second.serial), 10000);
+    assert.equal(await servedLeafSerial(sidecar), second.serial);
+    await sidecar.stop();
+  });
+
+  test('an invalid replacement (key mismatch) is rejected and the old certificate keeps being served', async () => {
+    const { dir, first, sidecar } = await startWithSecretVolume('bad-swap', ['--reload-interval', '0']);
+    const second = await issueLeaf(root, { cn: 'bad-swap', dns: ['localhost'], ips: ['127.0.0.1'] });
+    await kubernetesAtomicWrite(dir, layoutFiles('kubernetes', { chainPem: second.chainPem, keyPem: first.keyPem, bundlePem: root.certPem }));
+    sidecar.signal('SIGHUP');
+    const rejected = await sidecar.waitForLog((line) => line.msg === 'certificate reload rejected', 10000);
+    assert.equal(rejected.code, 'key_mismatch', JSON.stringify(rejected));
+    assert.equal(await servedLeafSerial(sidecar), first.serial);
+    // Still serving requests with the old set.
+    const response = await mtlsRequest({ ...sidecar.inbound, path: '/still-up', ca: root.certPem, cert: peer.leaf.chainPem, key: peer.leaf.keyPem });
+    assert.equal(response.status, 200, response.text);
+    assert.ok(!sidecar.logs().some(loadedLine(second.serial)), 'the mismatched set must never be loaded');
+    await sidecar.stop();
+  });
+
+  test('a plain file overwrite of the generic layout is picked up as well', async () => {
+    const service = await makeService(root, 'generic-overwrite', { layout: 'generic' });
+    const sidecar = await startSidecar(['--cert-dir', service.certDir, '--app', app.url, ...QUIET_LISTENERS, '--reload-interval', '1s']);
+    const second = await issueLeaf(root, { cn: 'generic-overwrite', dns: ['localhost'], ips: ['127.0.0.1'] });
+    await writeLayout(service.certDir, 'generic', certDirContent(second));
+    await sidecar.waitForLog(loadedLine(second.serial), 10000);
+    assert.equal(await servedLeafSerial(sidecar), second.serial);
+    await sidecar.stop();
+  });
+});
