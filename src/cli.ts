@@ -56,7 +56,6 @@ async function runCommand(args: RawRunArgs, unknownEnv: string[]): Promise<void>
   }
   if (config.protocol === 'tcp') usageError('--protocol tcp is not available yet; use --protocol http');
   if (config.workers !== 1) usageError('--workers other than 1 is not available yet');
-  if (config.mode === 'permissive') usageError('--mode permissive is not available yet; use --mode strict');
 
   const running = await runSidecar(config, logger);
   if (typeof running === 'number') process.exit(running);

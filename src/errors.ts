@@ -76,6 +76,11 @@ export const appErrors = {
     message: 'the local app closed the connection before answering',
     hint: 'look at the app logs; it may have crashed while handling the request',
   },
+  peer_not_allowed: {
+    status: 403,
+    message: 'the calling peer is not allowed by the allow-list',
+    hint: 'if this caller should be allowed, add its identity with --allow-spiffe / --allow-dns / --allow-cn / --allow-ou',
+  },
   bad_request: {
     status: 400,
     message: 'the request could not be proxied',

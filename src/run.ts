@@ -12,6 +12,7 @@ import type { Logger } from './log.js';
 import { Metrics } from './metrics.js';
 import { UpstreamAgents } from './outbound/agents.js';
 import { OutboundListeners } from './outbound/proxy.js';
+import { PeerTracker } from './inbound/peers.js';
 
 export interface RunningSidecar {
   listeners: Record<string, unknown>;
@@ -47,10 +48,11 @@ export async function runSidecar(config: Config, logger: Logger): Promise<Runnin
     },
   };
 
+  const peers = new PeerTracker();
   const agents = new UpstreamAgents({ config, store, logger });
-  const inbound = config.inbound ? new InboundListener({ config, store, logger, metrics }) : undefined;
+  const inbound = config.inbound ? new InboundListener({ config, store, logger, metrics, peers }) : undefined;
   const outbound = new OutboundListeners({ config, agents, logger, metrics });
-  const admin = config.admin ? new AdminServer({ address: config.admin, store, metrics, readiness }) : undefined;
+  const admin = config.admin ? new AdminServer({ address: config.admin, store, metrics, readiness, peers }) : undefined;
 
   const listeners: { inbound?: string; outbound?: string; admin?: string; upstreams?: Record<string, string> } = {};
   if (inbound) expected.add('inbound');
@@ -111,18 +113,21 @@ export async function runSidecar(config: Config, logger: Logger): Promise<Runnin
     logger.info({ signal, drainTimeoutMs: drainMs }, 'draining: no new connections, finishing in-flight requests');
     store.stop();
     process.off('SIGHUP', onHangup);
-    const inboundServer = inbound?.server;
     // Keep-alive connections that go idle during the drain are closed as soon as they do.
-    const idleSweep = setInterval(() => inboundServer?.closeIdleConnections(), 100);
+    const idleSweep = setInterval(() => {
+      inbound?.closeIdleConnections();
+      outbound.closeIdleConnections();
+    }, 100);
     const finished = Promise.all([inbound?.close(), outbound.close()]);
     const deadline = new Promise<'timeout'>((resolve) => setTimeout(() => resolve('timeout'), drainMs).unref());
     void Promise.race([finished.then(() => 'done' as const), deadline]).then(async (outcome) => {
       clearInterval(idleSweep);
       let code = 0;
       if (outcome === 'timeout') {
-        const open = await new Promise<number>((resolve) => (inboundServer ? inboundServer.getConnections((_error, count) => resolve(count)) : resolve(0)));
+        const open = (await inbound?.openConnections()) ?? 0;
         logger.warn({ cutConnections: open, drainTimeoutMs: drainMs }, 'drain timeout: cutting the connections still open');
-        inboundServer?.closeAllConnections();
+        inbound?.closeAllConnections();
+        outbound.closeAllConnections();
         code = 1;
       }
       agents.destroy();

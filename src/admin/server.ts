@@ -9,6 +9,7 @@ import type { CertStore } from '../certs/store.js';
 import type { ListenAddress } from '../config.js';
 import { listenOn, type BoundAddress } from '../listen.js';
 import type { Metrics } from '../metrics.js';
+import type { PeerTracker } from '../inbound/peers.js';
 
 export interface Readiness {
   /** Reasons the sidecar is not ready; empty when ready. */
@@ -39,8 +40,8 @@ export class AdminServer {
   readonly #server: Server;
   readonly #address: ListenAddress;
 
-  constructor(options: { address: ListenAddress; store: CertStore; metrics: Metrics; readiness: Readiness }) {
-    const { store, metrics, readiness } = options;
+  constructor(options: { address: ListenAddress; store: CertStore; metrics: Metrics; readiness: Readiness; peers: PeerTracker }) {
+    const { store, metrics, readiness, peers } = options;
     this.#address = options.address;
     this.#server = createServer((req: IncomingMessage, res: ServerResponse) => {
       const path = (req.url ?? '/').split('?')[0];
@@ -82,8 +83,11 @@ export class AdminServer {
           });
           return;
         }
+        case '/peers':
+          sendJson(res, 200, peers.report());
+          return;
         default:
-          sendJson(res, 404, { error: 'not_found', endpoints: ['/healthz', '/readyz', '/metrics', '/certs'] });
+          sendJson(res, 404, { error: 'not_found', endpoints: ['/healthz', '/readyz', '/metrics', '/certs', '/peers'] });
       }
     });
   }

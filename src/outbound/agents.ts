@@ -74,6 +74,7 @@ export class UpstreamAgents {
     return new HttpsAgent({
       ...tlsOptionsFor(this.#set, this.#config.minTls),
       keepAlive: true,
+      noDelay: true,
       maxFreeSockets: 256,
       scheduling: 'lifo',
       timeout: Math.min(idleSocketTimeoutMs, this.#config.timeouts.idleMs || idleSocketTimeoutMs),

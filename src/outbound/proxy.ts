@@ -94,6 +94,14 @@ export class OutboundListeners {
     return { outbound, upstreams };
   }
 
+  closeIdleConnections(): void {
+    for (const server of this.#servers) server.closeIdleConnections();
+  }
+
+  closeAllConnections(): void {
+    for (const server of this.#servers) server.closeAllConnections();
+  }
+
   close(): Promise<void> {
     return Promise.all(
       this.#servers.map(
