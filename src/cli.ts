@@ -8,6 +8,8 @@ import yargs, { type Argv, type Options } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { certsInit, certsIssue } from './commands/certs.js';
 import { waitReady } from './commands/wait.js';
+import { checkCommand } from './commands/check.js';
+import { probeCommand } from './commands/probe.js';
 import { buildConfig, envName, parseDuration, readEnv, runOptions, type OptionSpec, type RawRunArgs } from './config.js';
 import { runDemo } from './demo.js';
 import { ConfigError } from './errors.js';
@@ -39,13 +41,7 @@ function yargsOptions(table: Record<string, OptionSpec>, envValues: Record<strin
 }
 
 async function runCommand(args: RawRunArgs, unknownEnv: string[]): Promise<void> {
-  let config;
-  try {
-    config = buildConfig(args);
-  } catch (error) {
-    if (error instanceof ConfigError) usageError(error.message);
-    throw error;
-  }
+  const config = configFrom(args);
   const dirStat = await stat(config.certs.dir).catch(() => undefined);
   if (!dirStat?.isDirectory()) {
     usageError(new ConfigError('cert-dir', config.certs.dir, 'an existing directory holding the certificate, key and trust bundle (SPEC §3)').message);
@@ -69,6 +65,23 @@ function addRunOptions(command: Argv, envValues: Record<string, unknown>): Argv 
   return command.options(yargsOptions(runOptions, envValues));
 }
 
+/** The flags `check` and `probe` share with `run`, so they load certificates exactly as it does. */
+const certFlags = ['cert-dir', 'cert-file', 'key-file', 'ca-file', 'key-passphrase-file', 'min-tls', 'trust-domain'] as const;
+
+function addCertOptions(command: Argv, envValues: Record<string, unknown>): Argv {
+  const table = Object.fromEntries(certFlags.map((flag) => [flag, runOptions[flag]]));
+  return command.options(yargsOptions(table, envValues)).option('json', { type: 'boolean', default: false, describe: 'print the report as JSON' });
+}
+
+function configFrom(args: RawRunArgs) {
+  try {
+    return buildConfig(args);
+  } catch (error) {
+    if (error instanceof ConfigError) usageError(error.message);
+    throw error;
+  }
+}
+
 export async function main(argv: string[]): Promise<void> {
   const { values: envValues, unknown: unknownEnv } = readEnv(runOptions, process.env);
   const cli = yargs(argv)
@@ -79,6 +92,37 @@ export async function main(argv: string[]): Promise<void> {
       'run the sidecar (the default command)',
       (command) => addRunOptions(command, envValues),
       (args) => runCommand(args as RawRunArgs, unknownEnv),
+    )
+    .command(
+      'check',
+      'load the cert dir exactly as run would and explain every problem (exit 0 healthy, 1 problems)',
+      (command) => addCertOptions(command, envValues),
+      async (args) => process.exit(await checkCommand(configFrom(args as RawRunArgs).certs, args.json === true)),
+    )
+    .command(
+      'probe <url>',
+      'connect to an upstream as run would and explain the outcome (exit 0 ok, 1 problems)',
+      (command) =>
+        addCertOptions(command, envValues)
+          .positional('url', { type: 'string', describe: 'https://HOST:PORT/path of the upstream', demandOption: true })
+          .option('expect-spiffe', { type: 'string', describe: 'SPIFFE ID the upstream must present' })
+          .option('timeout', { type: 'string', default: '5s', describe: 'give up on each step after this long' }),
+      async (args) => {
+        // Here --expect-spiffe is one ID for this upstream, not run's HOST=ID list.
+        const config = configFrom({ ...(args as RawRunArgs), 'expect-spiffe': undefined });
+        let timeoutMs = 5000;
+        try {
+          timeoutMs = parseDuration('timeout', args.timeout);
+        } catch (error) {
+          usageError((error as Error).message);
+        }
+        const expectSpiffe = typeof args['expect-spiffe'] === 'string' ? args['expect-spiffe'] : undefined;
+        const code = await probeCommand(
+          { url: String(args.url), certs: config.certs, expectSpiffe, trustDomain: config.trustDomain, minTls: config.minTls, timeoutMs },
+          args.json === true,
+        );
+        process.exit(code);
+      },
     )
     .command('certs', 'development certificates (node-forge)', (certs) =>
       certs

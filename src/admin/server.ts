@@ -2,9 +2,7 @@
  * Admin listener (SPEC §7): /healthz, /readyz, /metrics, /certs.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { X509Certificate } from 'node:crypto';
-import { certIdentity } from '../certs/identity.js';
-import { validityOf } from '../certs/load.js';
+import { describeCertificate } from '../certs/describe.js';
 import type { CertStore } from '../certs/store.js';
 import type { ListenAddress } from '../config.js';
 import { listenOn, type BoundAddress } from '../listen.js';
@@ -14,20 +12,6 @@ import type { PeerTracker } from '../inbound/peers.js';
 export interface Readiness {
   /** Reasons the sidecar is not ready; empty when ready. */
   reasons(): string[];
-}
-
-function describeCertificate(cert: X509Certificate) {
-  const identity = certIdentity(cert);
-  const { notBefore, notAfter } = validityOf(cert);
-  return {
-    subject: identity.subject,
-    issuer: [...cert.issuer.split('\n')].reverse().join(','),
-    sans: { dns: identity.dns, uri: identity.uris, ip: identity.ips },
-    serial: cert.serialNumber,
-    notBefore: notBefore.toISOString(),
-    notAfter: notAfter.toISOString(),
-    sha256: identity.sha256,
-  };
 }
 
 function sendJson(res: ServerResponse, status: number, value: unknown): void {

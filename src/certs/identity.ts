@@ -48,6 +48,11 @@ export function parseSubjectAltName(text: string | undefined): Array<{ type: str
   return entries;
 }
 
+/** Node's one-RDN-per-line name (certificate order) as RFC 2253 (most specific first). */
+export function rfc2253(name: string): string {
+  return name.split('\n').filter(Boolean).reverse().join(',');
+}
+
 /** Node prints the subject one RDN per line, in certificate order, each already RFC 2253-escaped. */
 function subjectLines(cert: X509Certificate): string[] {
   return cert.subject.split('\n').filter((line) => line !== '');
@@ -66,7 +71,7 @@ export function certIdentity(cert: X509Certificate): CertIdentity {
     ips: sans.filter((san) => san.type === 'IP Address').map((san) => san.value),
     commonName: attribute(lines, 'CN').at(-1),
     organizationalUnits: attribute(lines, 'OU'),
-    subject: [...lines].reverse().join(','),
+    subject: rfc2253(cert.subject),
     serial: cert.serialNumber,
     sha256: createHash('sha256').update(cert.raw).digest('hex'),
   };

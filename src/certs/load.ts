@@ -8,7 +8,7 @@ import { readFile, stat } from 'node:fs/promises';
 import { isAbsolute, join } from 'node:path';
 import { CertError, type CertProblemCode } from '../errors.js';
 import type { CertDirConfig } from '../config.js';
-import { certIdentity, type CertIdentity } from './identity.js';
+import { certIdentity, rfc2253, type CertIdentity } from './identity.js';
 
 export interface Layout {
   name: 'kubernetes' | 'generic' | 'spiffe-helper' | 'istio' | 'custom';
@@ -91,7 +91,7 @@ export async function resolveCertFiles(config: CertDirConfig): Promise<CertFiles
   let passphrase: string | undefined;
   if (config.keyPassphraseFile) {
     const path = resolveIn(config.dir, config.keyPassphraseFile);
-    passphrase = (await readFileOrThrow(path)).toString('utf8').replace(/\r?\n$/, '');
+    passphrase = (await readCertFile(path)).toString('utf8').replace(/\r?\n$/, '');
   }
   return {
     layout: overridden ? 'custom' : base.name,
@@ -102,7 +102,8 @@ export async function resolveCertFiles(config: CertDirConfig): Promise<CertFiles
   };
 }
 
-async function readFileOrThrow(path: string): Promise<Buffer> {
+/** Reads one file of the set; missing, unreadable and empty files are CertErrors naming it. */
+export async function readCertFile(path: string): Promise<Buffer> {
   try {
     const content = await readFile(path);
     if (content.length === 0) throw new CertError('file_empty', path);
@@ -118,7 +119,7 @@ async function readFileOrThrow(path: string): Promise<Buffer> {
 /** Reads the three files' bytes (no validation) and hashes them. */
 export async function readCertFiles(config: CertDirConfig): Promise<RawCertFiles> {
   const files = await resolveCertFiles(config);
-  const [certText, keyText, caText] = await Promise.all([readFileOrThrow(files.cert), readFileOrThrow(files.key), readFileOrThrow(files.ca)]);
+  const [certText, keyText, caText] = await Promise.all([readCertFile(files.cert), readCertFile(files.key), readCertFile(files.ca)]);
   const hash = createHash('sha256');
   for (const part of [certText, keyText, caText, Buffer.from(files.passphrase ?? '')]) {
     hash.update(String(part.length)).update(':').update(part);
@@ -180,13 +181,13 @@ export function verifyChain(chain: X509Certificate[], bundle: X509Certificate[],
     if (bundle.some((root) => isSameCertificate(root, current))) return path;
     const anchor = bundle.find((root) => issuedBy(current, root));
     if (anchor) {
-      checkValidity(anchor, now, `${files.ca} (root ${anchor.subject.replace(/\n/g, ', ')})`);
+      checkValidity(anchor, now, `${files.ca} (root ${rfc2253(anchor.subject)})`);
       path.push(anchor);
       return path;
     }
     const next = intermediates.find((candidate) => !isSameCertificate(candidate, current) && issuedBy(current, candidate));
     if (!next) {
-      throw new CertError('chain_untrusted', files.cert, `no certificate in ${files.ca} or in the chain issued "${current.subject.replace(/\n/g, ', ')}" (issuer "${current.issuer.replace(/\n/g, ', ')}")`);
+      throw new CertError('chain_untrusted', files.cert, `no certificate in ${files.ca} or in the chain issued "${rfc2253(current.subject)}" (its issuer is "${rfc2253(current.issuer)}")`);
     }
     current = next;
   }
