@@ -46,6 +46,9 @@ export class CertStore extends EventEmitter<CertStoreEvents> {
   #lastFailedHash: string | undefined;
   #watchers: FSWatcher[] = [];
   #pollTimer: NodeJS.Timeout | undefined;
+  #expiryTimer: NodeJS.Timeout | undefined;
+  /** The expiry notice already logged for the current generation, so it is logged once. */
+  #expiryNotice: { generation: number; level: 'warn' | 'error' } | undefined;
   #debounceTimer: NodeJS.Timeout | undefined;
   #reloading: Promise<ReloadStatus['result']> | undefined;
   #reloadAgain = false;
@@ -98,12 +101,36 @@ export class CertStore extends EventEmitter<CertStoreEvents> {
       this.#pollTimer = setInterval(() => void this.reload('poll'), reloadIntervalMs);
       this.#pollTimer.unref();
     }
+    this.checkExpiry();
+    this.#expiryTimer = setInterval(() => this.checkExpiry(), 10_000);
+    this.#expiryTimer.unref();
+  }
+
+  /**
+   * Warns when less than a third of the leaf's lifetime remains (renewal should have happened:
+   * cert-manager renews at two thirds) and logs an error once it has expired.
+   */
+  checkExpiry(now = Date.now()): void {
+    const set = this.#current;
+    if (!set) return;
+    const notAfter = set.notAfter.getTime();
+    const lifetime = notAfter - set.notBefore.getTime();
+    const level = now >= notAfter ? 'error' : notAfter - now < lifetime / 3 ? 'warn' : undefined;
+    if (!level || (this.#expiryNotice?.generation === set.generation && (this.#expiryNotice.level === level || this.#expiryNotice.level === 'error'))) return;
+    this.#expiryNotice = { generation: set.generation, level };
+    const fields = { serial: set.leaf.serialNumber, notAfter: set.notAfter.toISOString(), file: set.files.cert };
+    if (level === 'error') {
+      this.#logger.error({ ...fields, code: 'cert_expired' }, 'the served certificate has EXPIRED: peers will refuse it; renew it (mtls-sidecar check)');
+    } else {
+      this.#logger.warn({ ...fields, remainingSeconds: Math.round((notAfter - now) / 1000) }, 'the served certificate expires soon and has not been renewed: check the issuer (cert-manager, SPIRE) and that new files reach the cert dir');
+    }
   }
 
   stop(): void {
     for (const watcher of this.#watchers) watcher.close();
     this.#watchers = [];
     clearInterval(this.#pollTimer);
+    clearInterval(this.#expiryTimer);
     clearTimeout(this.#debounceTimer);
   }
 
@@ -195,5 +222,6 @@ export class CertStore extends EventEmitter<CertStoreEvents> {
       'certificates loaded',
     );
     this.emit('update', next);
+    this.checkExpiry();
   }
 }

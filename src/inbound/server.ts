@@ -26,6 +26,7 @@ import type { Metrics } from '../metrics.js';
 import { classifyPeerVerifyError, classifyTlsError, tlsOptionsFor } from '../tls.js';
 import type { PeerTracker, TransportSecurity } from './peers.js';
 import { InboundPolicy } from './policy.js';
+import { ConnectionAge } from '../connection-age.js';
 import { formatXfcc } from './xfcc.js';
 
 export interface PeerInfo {
@@ -62,6 +63,7 @@ export class InboundListener {
   readonly #deniedLog = new RateLimitedLog(10_000);
   /** Session ticket keys outlive certificate rotation so resumption keeps working. */
   readonly #ticketKeys = randomBytes(48);
+  readonly #connectionAge: ConnectionAge;
   #ownUris: string[];
 
   constructor(options: { config: Config; store: CertStore; logger: Logger; metrics: Metrics; peers: PeerTracker }) {
@@ -71,6 +73,7 @@ export class InboundListener {
     this.#metrics = metrics;
     this.#peersReport = options.peers;
     this.#policy = new InboundPolicy(config.allow, config.trustDomain);
+    this.#connectionAge = new ConnectionAge(config.maxConnectionAgeMs);
     const set = store.current!;
     this.#ownUris = set.identity.uris;
     this.#appTarget = appProxyTarget(config.app);
@@ -155,7 +158,10 @@ export class InboundListener {
 
   #watchConnections(server: NetServer): void {
     trackConnections(server, 'inbound', this.#metrics);
-    server.on('connection', (socket: Socket) => this.#remoteAddresses.set(socket, `${socket.remoteAddress}:${socket.remotePort}`));
+    server.on('connection', (socket: Socket) => {
+      this.#remoteAddresses.set(socket, `${socket.remoteAddress}:${socket.remotePort}`);
+      this.#connectionAge.born(socket);
+    });
   }
 
   /** permissive: the first byte decides TLS or plaintext; a silent client is closed. */
@@ -267,6 +273,8 @@ export class InboundListener {
   }
 
   #onRequest(req: IncomingMessage, res: ServerResponse): void {
+    const raw = (req.socket as Socket & { _parent?: Socket })._parent ?? req.socket;
+    if (this.#connectionAge.expired(raw)) res.shouldKeepAlive = false;
     const options = this.#admit(req, false, (body) => {
       res.writeHead(appErrors.peer_not_allowed.status, { 'content-type': 'application/json', 'x-sidecar-error': 'peer_not_allowed', 'content-length': Buffer.byteLength(body) });
       res.end(body);

@@ -12,6 +12,7 @@ import type { CertStore, GenerationedCertSet } from '../certs/store.js';
 import type { Config } from '../config.js';
 import type { Logger } from '../log.js';
 import { tlsOptionsFor } from '../tls.js';
+import { ConnectionAge } from '../connection-age.js';
 
 export class IdentityMismatchError extends Error {
   readonly code = 'SIDECAR_IDENTITY_MISMATCH';
@@ -41,9 +42,11 @@ export class UpstreamAgents {
   #set: GenerationedCertSet;
   readonly #config: Config;
   readonly #logger: Logger;
+  readonly #connectionAge: ConnectionAge;
 
   constructor(options: { config: Config; store: CertStore; logger: Logger }) {
     this.#config = options.config;
+    this.#connectionAge = new ConnectionAge(options.config.maxConnectionAgeMs);
     this.#logger = options.logger;
     this.#set = options.store.current!;
     options.store.on('update', (next) => this.#rotate(next));
@@ -71,7 +74,7 @@ export class UpstreamAgents {
 
   #createAgent(expectedSpiffe: string | undefined): HttpsAgent {
     const insecure = this.#config.insecureSkipVerify;
-    return new HttpsAgent({
+    const agent = new HttpsAgent({
       ...tlsOptionsFor(this.#set, this.#config.minTls),
       keepAlive: true,
       noDelay: true,
@@ -81,6 +84,15 @@ export class UpstreamAgents {
       rejectUnauthorized: !insecure,
       checkServerIdentity: insecure ? () => undefined : upstreamIdentityCheck(expectedSpiffe, this.#config.trustDomain),
     });
+    if (this.#connectionAge.enabled) {
+      // A pooled connection past --max-connection-age is closed when its request ends. Its age
+      // counts from its first return to the pool (the end of its first request).
+      agent.on('free', (socket) => {
+        this.#connectionAge.born(socket);
+        if (this.#connectionAge.expired(socket)) socket.destroy();
+      });
+    }
+    return agent;
   }
 
   #rotate(next: GenerationedCertSet): void {
