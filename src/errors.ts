@@ -86,11 +86,6 @@ export const appErrors = {
     message: 'the request could not be proxied',
     hint: 'send absolute-form requests (http://host:port/path), as HTTP_PROXY clients do',
   },
-  no_certificate: {
-    status: 503,
-    message: 'the sidecar has no valid certificate loaded',
-    hint: 'run `mtls-sidecar check` against the cert directory',
-  },
 } as const satisfies Record<string, { status: number; message: string; hint: string }>;
 
 export type AppErrorCode = keyof typeof appErrors;
@@ -105,7 +100,6 @@ export const tlsFailures = {
   peer_cert_missing: 'the client sent no certificate: configure the client certificate and key on the caller',
   our_cert_rejected: 'the peer refused our certificate: is our CA in the peer trust bundle?',
   chain_incomplete: 'an intermediate CA certificate is missing from the chain: append it to the chain file',
-  key_mismatch: 'the private key does not belong to the certificate: deploy the matching pair',
   plaintext_on_tls_port: 'plain HTTP was sent to a TLS port: use https, or the plaintext port',
   tls_on_plaintext_port: 'TLS was sent to a plaintext port: use http, or the TLS port',
   protocol_version: 'the peer speaks an old TLS version: use TLS 1.2 or newer',

@@ -200,6 +200,10 @@ function checkValidity(cert: X509Certificate, now: Date, file: string): void {
   if (now > notAfter) throw new CertError('cert_expired', file, `expired at ${notAfter.toISOString()}`);
 }
 
+export function keyMismatch(files: { cert: string; key: string }, leaf: X509Certificate): CertError {
+  return new CertError('key_mismatch', files.key, `it does not match the certificate in ${files.cert} (serial ${leaf.serialNumber})`);
+}
+
 /** Validates raw files into a CertSet, or throws the first CertError found. */
 export function validateCertFiles(raw: RawCertFiles, now = new Date()): CertSet {
   const { files } = raw;
@@ -208,9 +212,7 @@ export function validateCertFiles(raw: RawCertFiles, now = new Date()): CertSet 
   if (bundle.length === 0) throw new CertError('bundle_empty', files.ca);
   const key = parsePrivateKey(raw.keyText, files.key, files.passphrase);
   const leaf = chain[0]!;
-  if (!leaf.checkPrivateKey(key)) {
-    throw new CertError('key_mismatch', files.key, `it does not match the certificate in ${files.cert} (serial ${leaf.serialNumber})`);
-  }
+  if (!leaf.checkPrivateKey(key)) throw keyMismatch(files, leaf);
   verifyChain(chain, bundle, now, files);
   const { notBefore, notAfter } = validityOf(leaf);
   return {

@@ -6,7 +6,7 @@
 import type { X509Certificate } from 'node:crypto';
 import type { CertDirConfig } from '../config.js';
 import { describeCertificate, expiresIn, sanList, type CertSummary } from '../certs/describe.js';
-import { parseCertificates, parsePrivateKey, readCertFile, readCertFiles, resolveCertFiles, validateCertFiles, validityOf, verifyChain, type CertFiles } from '../certs/load.js';
+import { keyMismatch, parseCertificates, parsePrivateKey, readCertFile, readCertFiles, resolveCertFiles, validateCertFiles, validityOf, verifyChain, type CertFiles } from '../certs/load.js';
 import { CertError, certProblems } from '../errors.js';
 
 export interface Problem {
@@ -95,7 +95,7 @@ export async function checkCertDir(config: CertDirConfig, now = new Date()): Pro
   const leaf: X509Certificate | undefined = chain?.[0];
   if (leaf && key) {
     report.keyMatchesLeaf = leaf.checkPrivateKey(key);
-    if (!report.keyMatchesLeaf) report.problems.push(problemFrom(new CertError('key_mismatch', files.key, `it does not match the certificate in ${files.cert} (serial ${leaf.serialNumber})`)));
+    if (!report.keyMatchesLeaf) report.problems.push(problemFrom(keyMismatch(files, leaf)));
   }
   if (chain && bundle) {
     report.chainVerifies = attempt(() => verifyChain(chain, bundle, now, files)) !== undefined;
