@@ -4,7 +4,12 @@
  */
 import type { IncomingHttpHeaders } from 'node:http';
 
-const hopByHop = ['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-authorization', 'proxy-authenticate'];
+/**
+ * `transfer-encoding` is deliberately absent: Node's server has already validated the framing, and
+ * Node's client re-frames the body only while the header is present. Dropping it would send a
+ * chunked body unframed (e.g. on a GET), and the app would parse the body as a second request.
+ */
+const hopByHop = ['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'proxy-authorization', 'proxy-authenticate'];
 
 /** Identity headers only the sidecar may set on inbound requests. */
 export const identityHeaders = ['x-forwarded-client-cert', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port', 'forwarded'];
@@ -23,7 +28,6 @@ export function stripHopByHop(headers: IncomingHttpHeaders, keepUpgrade = false)
   }
   for (const name of hopByHop) {
     if (keepUpgrade && (name === 'connection' || name === 'upgrade')) continue;
-    // transfer-encoding is managed by Node's HTTP client for the next hop.
     delete headers[name];
   }
 }
