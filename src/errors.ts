@@ -76,6 +76,16 @@ export const appErrors = {
     message: 'the local app closed the connection before answering',
     hint: 'look at the app logs; it may have crashed while handling the request',
   },
+  app_response_invalid: {
+    status: 502,
+    message: 'the local app sent a response the sidecar cannot pass on (malformed HTTP, or a header block over --max-header-size)',
+    hint: 'fix the response headers the app sends, or raise --max-header-size',
+  },
+  upstream_response_invalid: {
+    status: 502,
+    message: 'the upstream sent a response the sidecar cannot pass on (malformed HTTP, or a header block over --max-header-size)',
+    hint: 'fix the response headers the upstream sends, or raise --max-header-size',
+  },
   peer_not_allowed: {
     status: 403,
     message: 'the calling peer is not allowed by the allow-list',
@@ -85,6 +95,21 @@ export const appErrors = {
     status: 400,
     message: 'the request could not be proxied',
     hint: 'send absolute-form requests (http://host:port/path), as HTTP_PROXY clients do',
+  },
+  request_headers_too_large: {
+    status: 431,
+    message: 'the request header block is larger than --max-header-size',
+    hint: 'send smaller headers (large cookies or tokens?), or raise --max-header-size on the sidecar',
+  },
+  malformed_request: {
+    status: 400,
+    message: 'the request is not valid HTTP/1.1 (for example conflicting Content-Length / Transfer-Encoding headers)',
+    hint: 'fix the client; ambiguous message framing is refused because it enables request smuggling',
+  },
+  request_headers_timeout: {
+    status: 408,
+    message: 'the client did not send the whole request header block within --headers-timeout',
+    hint: 'the client is too slow or stalled; raise --headers-timeout if this is a legitimate slow network',
   },
 } as const satisfies Record<string, { status: number; message: string; hint: string }>;
 

@@ -18,7 +18,7 @@ import { certIdentity, displayName, type CertIdentity } from '../certs/identity.
 import type { CertStore, GenerationedCertSet } from '../certs/store.js';
 import type { AppTarget, Config } from '../config.js';
 import { appErrors, tlsFailures, type TlsFailureReason } from '../errors.js';
-import { Forwarder, classifyAppError, type ForwardOptions } from '../forward.js';
+import { Forwarder, classifyAppError, clientErrorHandler, httpServerOptions, type ForwardOptions } from '../forward.js';
 import { stripHopByHop, stripIdentityHeaders } from '../http-headers.js';
 import { listenOn, trackConnections, type BoundAddress } from '../listen.js';
 import { RateLimitedLog, type Logger } from '../log.js';
@@ -64,6 +64,7 @@ export class InboundListener {
   /** Session ticket keys outlive certificate rotation so resumption keeps working. */
   readonly #ticketKeys = randomBytes(48);
   readonly #connectionAge: ConnectionAge;
+  readonly #clientError: ReturnType<typeof clientErrorHandler>;
   #ownUris: string[];
 
   constructor(options: { config: Config; store: CertStore; logger: Logger; metrics: Metrics; peers: PeerTracker }) {
@@ -74,6 +75,7 @@ export class InboundListener {
     this.#peersReport = options.peers;
     this.#policy = new InboundPolicy(config.allow, config.trustDomain);
     this.#connectionAge = new ConnectionAge(config.maxConnectionAgeMs);
+    this.#clientError = clientErrorHandler('inbound', logger, metrics);
     const set = store.current!;
     this.#ownUris = set.identity.uris;
     this.#appTarget = appProxyTarget(config.app);
@@ -84,15 +86,10 @@ export class InboundListener {
       noDelay: true,
       timeout: Math.min(appFreeSocketTimeoutMs, config.timeouts.idleMs || appFreeSocketTimeoutMs),
     });
-    this.#forwarder = new Forwarder({ direction: 'inbound', timeouts: config.timeouts, classify: classifyAppError, logger, metrics });
+    this.#forwarder = new Forwarder({ direction: 'inbound', timeouts: config.timeouts, maxHeaderSize: config.maxHeaderSize, classify: classifyAppError, logger, metrics });
 
     const permissive = config.mode === 'permissive';
-    const httpOptions = {
-      maxHeaderSize: config.maxHeaderSize,
-      headersTimeout: config.timeouts.headersMs,
-      requestTimeout: 0,
-      keepAliveTimeout: config.timeouts.idleMs,
-    };
+    const httpOptions = httpServerOptions(config.timeouts, config.maxHeaderSize);
     this.#https = createHttpsServer(
       {
         ...this.#secureOptions(set),
@@ -104,7 +101,8 @@ export class InboundListener {
       },
       (req, res) => this.#onRequest(req, res),
     );
-    this.#https.on('secureConnection', (socket: TLSSocket) => this.#onSecureConnection(socket));
+    // Before the HTTP layer's own listener, so a refused peer's socket is gone before any request is parsed.
+    this.#https.prependListener('secureConnection', (socket: TLSSocket) => this.#onSecureConnection(socket));
     this.#https.on('tlsClientError', (error, socket) => this.#onHandshakeError(error, socket));
     this.#prepareServer(this.#https);
 
@@ -153,6 +151,7 @@ export class InboundListener {
 
   #prepareServer(server: HttpServer): void {
     server.setTimeout(this.#config.timeouts.idleMs);
+    server.on('clientError', this.#clientError);
     server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => this.#onUpgrade(req, socket, head));
   }
 
@@ -230,16 +229,25 @@ export class InboundListener {
     }
   }
 
-  #security(req: IncomingMessage): { peer: PeerInfo | undefined; tls: TransportSecurity } {
+  /** undefined: the socket presented a certificate that did not verify, and must not be served. */
+  #security(req: IncomingMessage): { peer: PeerInfo | undefined; tls: TransportSecurity } | undefined {
     const socket = req.socket as TLSSocket;
     if (!socket.encrypted) return { peer: undefined, tls: 'plaintext' };
     const peer = this.#peers.get(socket);
-    return { peer, tls: peer ? 'mtls' : 'tls' };
+    if (peer) return { peer, tls: 'mtls' };
+    // permissive: "no client certificate" only if none was presented; a bad one is never admitted.
+    if (!socket.authorized && socket.getPeerX509Certificate()) return undefined;
+    return { peer: undefined, tls: 'tls' };
   }
 
   /** Applies header hygiene and identity; returns undefined (after answering 403) if denied. */
   #admit(req: IncomingMessage, keepUpgrade: boolean, deny: (body: string) => void): ForwardOptions | undefined {
-    const { peer, tls } = this.#security(req);
+    const security = this.#security(req);
+    if (!security) {
+      req.socket.destroy();
+      return undefined;
+    }
+    const { peer, tls } = security;
     const address = req.socket.remoteAddress ?? '';
     const label = peer?.name ?? (tls === 'plaintext' ? 'plaintext' : 'no client cert');
     this.#metrics.inboundRequests.inc({ tls });

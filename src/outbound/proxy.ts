@@ -8,7 +8,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { connect, isIP, type Socket } from 'node:net';
 import type { Config, ListenAddress, UpstreamRoute } from '../config.js';
 import { appErrorResponse, type AppErrorCode, type TlsFailureReason } from '../errors.js';
-import { Forwarder, type ForwardOptions } from '../forward.js';
+import { Forwarder, clientErrorHandler, httpServerOptions, type ForwardOptions } from '../forward.js';
 import { stripHopByHop } from '../http-headers.js';
 import { listenOn, trackConnections, type BoundAddress } from '../listen.js';
 import type { Logger } from '../log.js';
@@ -34,6 +34,7 @@ export function classifyUpstreamError(error: Error): { code: AppErrorCode; tlsRe
   if (errno === 'ECONNREFUSED') return { code: 'upstream_refused', tlsReason: undefined };
   if (errno === 'ENOTFOUND' || errno === 'EAI_AGAIN') return { code: 'upstream_unresolvable', tlsReason: undefined };
   if (errno === 'SIDECAR_TIMEOUT' || errno === 'ETIMEDOUT') return { code: 'upstream_timeout', tlsReason: undefined };
+  if (errno?.startsWith('HPE_')) return { code: 'upstream_response_invalid', tlsReason: undefined };
   const tlsReason = classifyTlsError(error);
   if (tlsReason === undefined || tlsReason === 'connection_reset') return { code: 'upstream_reset', tlsReason: undefined };
   return { code: tlsFailureToAppError[tlsReason] ?? 'upstream_tls_error', tlsReason };
@@ -56,15 +57,18 @@ export class OutboundListeners {
   readonly #metrics: Metrics;
   readonly #forwarder: Forwarder;
   readonly #servers: Server[] = [];
+  readonly #clientError: ReturnType<typeof clientErrorHandler>;
 
   constructor(options: { config: Config; agents: UpstreamAgents; logger: Logger; metrics: Metrics }) {
     this.#config = options.config;
     this.#agents = options.agents;
     this.#logger = options.logger;
     this.#metrics = options.metrics;
+    this.#clientError = clientErrorHandler('outbound', options.logger, options.metrics);
     this.#forwarder = new Forwarder({
       direction: 'outbound',
       timeouts: options.config.timeouts,
+      maxHeaderSize: options.config.maxHeaderSize,
       logger: options.logger,
       metrics: options.metrics,
       classify: (error) => {
@@ -116,8 +120,9 @@ export class OutboundListeners {
 
   #createServer(handler: (req: IncomingMessage, res: ServerResponse) => void): Server {
     const { timeouts, maxHeaderSize } = this.#config;
-    const server = createServer({ maxHeaderSize, headersTimeout: timeouts.headersMs, requestTimeout: 0, keepAliveTimeout: timeouts.idleMs }, handler);
+    const server = createServer(httpServerOptions(timeouts, maxHeaderSize), handler);
     server.setTimeout(timeouts.idleMs);
+    server.on('clientError', this.#clientError);
     server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => this.#onUpgrade(req, socket, head));
     trackConnections(server, 'outbound', this.#metrics);
     this.#servers.push(server);
