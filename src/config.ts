@@ -214,10 +214,18 @@ function validateDnsPattern(value: string): string {
   return value.toLowerCase();
 }
 
+/**
+ * A repeatable flag's values. Only env values are comma-separated lists (SPEC §2; split in
+ * readEnv), so a flag value such as `--allow-ou "Acme, Inc"` stays one entry.
+ */
 function toList(value: unknown): string[] {
   if (value === undefined || value === null) return [];
   const items = Array.isArray(value) ? value : [value];
-  return items.flatMap((item) => String(item).split(',')).map((item) => item.trim()).filter((item) => item !== '');
+  return items.map((item) => String(item).trim()).filter((item) => item !== '');
+}
+
+function splitEnvList(value: string): string[] {
+  return value.split(',').map((item) => item.trim()).filter((item) => item !== '');
 }
 
 function nonNegativeInteger(flag: string, value: unknown): number {
@@ -323,7 +331,7 @@ export function readEnv(
       continue;
     }
     const spec = options[flag]!;
-    if (spec.type === 'array') values[flag] = toList(raw);
+    if (spec.type === 'array') values[flag] = splitEnvList(raw);
     else if (spec.type === 'boolean') values[flag] = /^(1|true|yes|on)$/i.test(raw.trim());
     else values[flag] = raw;
   }

@@ -274,9 +274,12 @@ export class InboundListener {
     const headers = req.headers;
     stripHopByHop(headers, keepUpgrade);
     stripIdentityHeaders(headers);
-    if (peer) headers['x-forwarded-client-cert'] = formatXfcc(this.#ownUris, peer.identity);
-    headers['x-forwarded-proto'] = tls === 'plaintext' ? 'http' : 'https';
-    headers['x-forwarded-for'] = address;
+    // SPEC §4: identity and forwarding headers only for a verified peer; never for unauthenticated requests.
+    if (peer) {
+      headers['x-forwarded-client-cert'] = formatXfcc(this.#ownUris, peer.identity);
+      headers['x-forwarded-proto'] = 'https';
+      headers['x-forwarded-for'] = address;
+    }
     return { target: this.#appTarget, agent: this.#appAgent, changeOrigin: false, peer: label, logFields: { tls } };
   }
 
