@@ -133,8 +133,9 @@ export async function main(argv: string[]): Promise<void> {
             command
               .option('out', { type: 'string', demandOption: true, describe: 'directory to write the CA into' })
               .option('days', { type: 'number', describe: 'validity in days (default 365)' })
-              .option('name', { type: 'string', describe: 'CA common name' }),
-          async (args) => process.exit(await certsInit({ out: args.out, days: args.days, name: args.name })),
+              .option('name', { type: 'string', describe: 'CA common name' })
+              .option('if-missing', { type: 'boolean', default: false, describe: 'keep an existing CA and exit 0 instead of refusing' }),
+          async (args) => process.exit(await certsInit({ out: args.out, days: args.days, name: args.name, ifMissing: args['if-missing'] })),
         )
         .command(
           'issue',

@@ -40,7 +40,7 @@ async function openssl(...args: string[]): Promise<string> {
 }
 
 interface CertsRunner {
-  init(args: { out: string; days?: number; name?: string }): Promise<Outcome>;
+  init(args: { out: string; days?: number; name?: string; ifMissing?: boolean }): Promise<Outcome>;
   issue(args: { ca: string; name: string; dns?: string[]; spiffe?: string[]; ip?: string[]; days?: number; out: string }): Promise<Outcome>;
 }
 
@@ -64,6 +64,7 @@ const cliRunner: CertsRunner = {
     const argv = ['certs', 'init', '--out', args.out];
     if (args.days !== undefined) argv.push('--days', String(args.days));
     if (args.name !== undefined) argv.push('--name', args.name);
+    if (args.ifMissing) argv.push('--if-missing');
     return run(process.execPath, [cliPath, ...argv]);
   },
   issue: (args) => {
@@ -299,6 +300,14 @@ for (const [via, certs] of runners) {
       const outcome = await certs.init({ out: caDir });
       assert.equal(outcome.code, 1);
       assert.match(outcome.stderr, /already exists/);
+      assert.equal(await readFile(join(caDir, 'ca.key'), 'utf8'), before);
+    });
+
+    test('certs init --if-missing keeps an existing CA and exits 0', async () => {
+      const before = await readFile(join(caDir, 'ca.key'), 'utf8');
+      const outcome = await certs.init({ out: caDir, ifMissing: true });
+      assert.equal(outcome.code, 0, outcome.stderr);
+      assert.match(outcome.stdout, /keeping it/);
       assert.equal(await readFile(join(caDir, 'ca.key'), 'utf8'), before);
     });
   });

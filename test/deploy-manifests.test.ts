@@ -185,7 +185,7 @@ function checkWorkload(workload: Workload, issuers: Json[]): void {
     assert.deepEqual(security.capabilities?.drop, ['ALL'], `${name}/${container.name}: every capability dropped`);
     assert.ok(container.resources?.requests?.cpu && container.resources?.requests?.memory && container.resources?.limits?.memory, `${name}/${container.name}: requests and a memory limit`);
   }
-  assert.deepEqual(sidecar.resources, { requests: { cpu: '50m', memory: '64Mi' }, limits: { memory: '256Mi' } }, `${name}: the measured sizing`);
+  assert.deepEqual(sidecar.resources, { requests: { cpu: '50m', memory: '96Mi' }, limits: { memory: '256Mi' } }, `${name}: the measured sizing`);
 
   // Service and NetworkPolicy: the mTLS port only.
   assert.ok(labelsMatch(service.spec.selector, podLabels), `${name}: the Service selects the pod`);

@@ -18,6 +18,8 @@ import {
 
 export interface CertsInitArgs {
   out: string;
+  /** Keep an existing CA and succeed (for compose/init steps that run on every start). */
+  ifMissing?: boolean;
   days?: number;
   name?: string;
 }
@@ -40,7 +42,11 @@ export async function certsInit(args: CertsInitArgs): Promise<number> {
   const out = resolve(args.out);
   // Replacing a CA silently would orphan every certificate it issued.
   if (await exists(join(out, 'ca.key'))) {
-    process.stderr.write(`certs init: ${join(out, 'ca.key')} already exists; remove it or choose another --out\n`);
+    if (args.ifMissing) {
+      process.stdout.write(`certs init: ${join(out, 'ca.key')} already exists; keeping it (--if-missing)\n`);
+      return EXIT_OK;
+    }
+    process.stderr.write(`certs init: ${join(out, 'ca.key')} already exists; remove it, choose another --out, or pass --if-missing to keep it\n`);
     return EXIT_FAILED;
   }
   return runStep('certs init', async () => {

@@ -137,6 +137,8 @@ export function runCommand(file: string, args: string[], options: { input?: stri
         });
       },
     );
+    // A command that exits at once (ip, curl on a refused port) can close stdin before the write.
+    child.stdin?.on('error', () => {});
     child.stdin?.end(options.input ?? '');
   });
 }

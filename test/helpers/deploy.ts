@@ -1,12 +1,12 @@
 // Helpers for the deploy tests: read the sidecar's flags and environment out of a manifest and
 // validate them with the product's own option table (src/config.ts), re-point them at loopback for
 // a local run, and run processes in network namespaces ("pods") joined by a veth pair.
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chmod, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { buildConfig, envName, readEnv, runOptions, type Config, type RawRunArgs, type RunOptionName } from '../../src/config.js';
-import type { CommandResult } from './clients.js';
+import { runCommand, type CommandResult } from './clients.js';
 import { scratchDir } from './pki.js';
 import { REPO_ROOT, startSidecar, type Sidecar } from './sidecar.js';
 
@@ -135,23 +135,8 @@ export interface PodPair {
   destroy(): Promise<void>;
 }
 
-/**
- * clients.ts's `runCommand`, except that stdin is closed without writing to it and its errors are
- * ignored: `ip` exits so fast that runCommand's stdin write can fail with an unhandled EPIPE.
- */
-function runWithClosedStdin(file: string, args: string[], options: { timeoutMs: number; env?: NodeJS.ProcessEnv; cwd?: string }): Promise<CommandResult> {
-  return new Promise((resolve) => {
-    const child = execFile(file, args, { timeout: options.timeoutMs, killSignal: 'SIGKILL', maxBuffer: 16 * 1024 * 1024, env: options.env, cwd: options.cwd }, (error, stdout, stderr) => {
-      const failure = error as (NodeJS.ErrnoException & { code?: number | string; signal?: NodeJS.Signals }) | null;
-      resolve({ code: failure ? (typeof failure.code === 'number' ? failure.code : null) : 0, signal: failure?.signal ?? null, stdout, stderr });
-    });
-    child.stdin?.on('error', () => {});
-    child.stdin?.end();
-  });
-}
-
 async function ip(args: string[]): Promise<CommandResult> {
-  const result = await runWithClosedStdin('ip', args, { timeoutMs: 10000 });
+  const result = await runCommand('ip', args, { timeoutMs: 10000 });
   if (result.code !== 0) throw new Error(`ip ${args.join(' ')} failed (exit ${result.code}): ${result.stderr}`);
   return result;
 }
@@ -159,7 +144,7 @@ async function ip(args: string[]): Promise<CommandResult> {
 /** Why pods cannot be made here (not root, no iproute2, no netns support), or undefined. */
 export async function podsUnavailable(): Promise<string | undefined> {
   if (process.getuid?.() !== 0) return 'network namespaces need root (run the tests as root, as CI does)';
-  const probe = await runWithClosedStdin('ip', ['netns', 'list'], { timeoutMs: 5000 });
+  const probe = await runCommand('ip', ['netns', 'list'], { timeoutMs: 5000 });
   if (probe.code !== 0) return `\`ip netns\` is unavailable (exit ${probe.code}): ${probe.stderr.trim() || 'is iproute2 installed?'}`;
   return undefined;
 }
@@ -178,7 +163,7 @@ export async function createPodPair(): Promise<PodPair> {
   const destroy = async () => {
     if (destroyed) return;
     destroyed = true;
-    for (const pod of [a, b]) await runWithClosedStdin('ip', ['netns', 'delete', pod.ns], { timeoutMs: 10000 });
+    for (const pod of [a, b]) await runCommand('ip', ['netns', 'delete', pod.ns], { timeoutMs: 10000 });
   };
   try {
     await ip(['netns', 'add', a.ns]);
@@ -198,7 +183,7 @@ export async function createPodPair(): Promise<PodPair> {
 
 /** Runs a command to completion inside a pod. */
 export function runInPod(pod: Pod, file: string, args: string[], options: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<CommandResult> {
-  return runWithClosedStdin('ip', ['netns', 'exec', pod.ns, file, ...args], { timeoutMs: options.timeoutMs ?? 15000, env: options.env, cwd: REPO_ROOT });
+  return runCommand('ip', ['netns', 'exec', pod.ns, file, ...args], { timeoutMs: options.timeoutMs ?? 15000, env: options.env, cwd: REPO_ROOT });
 }
 
 /**
