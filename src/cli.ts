@@ -50,7 +50,6 @@ async function runCommand(args: RawRunArgs, unknownEnv: string[]): Promise<void>
   for (const name of unknownEnv) {
     logger.warn({ env: name }, `ignoring environment variable ${name}: no such flag (Kubernetes sets <SERVICE>_PORT for every Service)`);
   }
-  if (config.protocol === 'tcp') usageError('--protocol tcp is not available yet; use --protocol http');
   if (config.workers !== 1) usageError('--workers other than 1 is not available yet');
 
   const running = await runSidecar(config, logger);

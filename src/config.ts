@@ -272,7 +272,8 @@ export function buildConfig(args: RawRunArgs): Config {
       keyPassphraseFile: optionalString('key-passphrase-file'),
     },
     inbound: parseListen('inbound', args.inbound ?? runOptions.inbound.default),
-    app: parseApp(args.app ?? runOptions.app.default, protocol),
+    // The default app address is plain host:port; in TCP mode it means tcp://127.0.0.1:8080.
+    app: parseApp(args.app === undefined || args.app === runOptions.app.default ? (protocol === 'tcp' ? 'tcp://127.0.0.1:8080' : runOptions.app.default) : args.app, protocol),
     outbound: parseListen('outbound', args.outbound ?? runOptions.outbound.default),
     upstreams,
     expectSpiffe: new Map(toList(args['expect-spiffe']).map(parseExpectSpiffe)),

@@ -64,6 +64,13 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly tcpConnections = new Counter({
+    name: 'sidecar_tcp_connections_total',
+    help: 'TCP-mode connections, by direction and result (ok, error, or a catalog code)',
+    labelNames: ['direction', 'result'] as const,
+    registers: [this.registry],
+  });
+
   readonly inboundRequests = new Counter({
     name: 'sidecar_inbound_requests_total',
     help: 'Inbound requests by transport security: mtls, tls (no client certificate) or plaintext',

@@ -13,6 +13,9 @@ import { Metrics } from './metrics.js';
 import { UpstreamAgents } from './outbound/agents.js';
 import { OutboundListeners } from './outbound/proxy.js';
 import { PeerTracker } from './inbound/peers.js';
+import { PeerTls } from './inbound/peer-tls.js';
+import { TcpInboundListener } from './inbound/tcp.js';
+import { TcpUpstreamListeners } from './outbound/tcp.js';
 
 export interface RunningSidecar {
   listeners: Record<string, unknown>;
@@ -50,8 +53,15 @@ export async function runSidecar(config: Config, logger: Logger): Promise<Runnin
 
   const peers = new PeerTracker();
   const agents = new UpstreamAgents({ config, store, logger });
-  const inbound = config.inbound ? new InboundListener({ config, store, logger, metrics, peers }) : undefined;
-  const outbound = new OutboundListeners({ config, agents, logger, metrics });
+  const tcp = config.protocol === 'tcp';
+  const inbound = !config.inbound
+    ? undefined
+    : tcp
+      ? new TcpInboundListener({ config, logger, metrics, peers, peerTls: new PeerTls({ config, store, logger, metrics }) })
+      : new InboundListener({ config, store, logger, metrics, peers });
+  // TCP mode: --upstream listeners pipe bytes; the forward proxy (if on) stays HTTP.
+  const outbound = new OutboundListeners({ config: tcp ? { ...config, upstreams: [] } : config, agents, logger, metrics });
+  const tcpUpstreams = tcp ? new TcpUpstreamListeners({ config, store, logger, metrics }) : undefined;
   const admin = config.admin ? new AdminServer({ address: config.admin, store, metrics, readiness, peers }) : undefined;
 
   const listeners: { inbound?: string; outbound?: string; admin?: string; upstreams?: Record<string, string> } = {};
@@ -69,6 +79,7 @@ export async function runSidecar(config: Config, logger: Logger): Promise<Runnin
       listeners.outbound = out.outbound;
       bound.add('outbound');
     }
+    if (tcpUpstreams) out.upstreams = await tcpUpstreams.listen();
     if (config.upstreams.length) {
       listeners.upstreams = out.upstreams;
       for (const port of Object.keys(out.upstreams)) bound.add(`upstream ${port}`);
@@ -77,7 +88,7 @@ export async function runSidecar(config: Config, logger: Logger): Promise<Runnin
     if (!(error instanceof ListenError)) throw error;
     logger.fatal({ reason: error.message }, 'cannot bind a listener');
     process.stderr.write(`mtls-sidecar: ${error.message}\n`);
-    await Promise.allSettled([inbound?.close(), outbound.close(), admin?.close()]);
+    await Promise.allSettled([inbound?.close(), outbound.close(), tcpUpstreams?.close(), admin?.close()]);
     return 1;
   }
 
@@ -118,7 +129,7 @@ export async function runSidecar(config: Config, logger: Logger): Promise<Runnin
       inbound?.closeIdleConnections();
       outbound.closeIdleConnections();
     }, 100);
-    const finished = Promise.all([inbound?.close(), outbound.close()]);
+    const finished = Promise.all([inbound?.close(), outbound.close(), tcpUpstreams?.close()]);
     const deadline = new Promise<'timeout'>((resolve) => setTimeout(() => resolve('timeout'), drainMs).unref());
     void Promise.race([finished.then(() => 'done' as const), deadline]).then(async (outcome) => {
       clearInterval(idleSweep);
@@ -128,6 +139,7 @@ export async function runSidecar(config: Config, logger: Logger): Promise<Runnin
         logger.warn({ cutConnections: open, drainTimeoutMs: drainMs }, 'drain timeout: cutting the connections still open');
         inbound?.closeAllConnections();
         outbound.closeAllConnections();
+        tcpUpstreams?.closeAllConnections();
         code = 1;
       }
       agents.destroy();

@@ -1,0 +1,120 @@
+/**
+ * Inbound in TCP mode (--protocol tcp): mutual TLS terminated, the peer checked against the
+ * allow-list at the handshake, then bytes piped to a `tcp://` (or unix socket) app. For gRPC,
+ * databases and anything else that is not HTTP/1.1; ALPN `h2` and `http/1.1` are advertised so an
+ * h2 client (gRPC) keeps speaking h2 end to end.
+ */
+import { connect, createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
+import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
+import type { Config } from '../config.js';
+import { listenOn, trackConnections, type BoundAddress } from '../listen.js';
+import { RateLimitedLog, type Logger } from '../log.js';
+import type { Metrics } from '../metrics.js';
+import { pipeBothWays } from '../pipe.js';
+import type { PeerTls } from './peer-tls.js';
+import type { PeerTracker } from './peers.js';
+import { InboundPolicy } from './policy.js';
+
+export const alpnProtocols = ['h2', 'http/1.1'];
+
+export class TcpInboundListener {
+  readonly #tls: TlsServer;
+  readonly #front: NetServer | undefined;
+  readonly #config: Config;
+  readonly #logger: Logger;
+  readonly #metrics: Metrics;
+  readonly #peerTls: PeerTls;
+  readonly #peers: PeerTracker;
+  readonly #policy: InboundPolicy;
+  readonly #deniedLog = new RateLimitedLog(10_000);
+  readonly #sockets = new Set<Socket>();
+
+  constructor(options: { config: Config; logger: Logger; metrics: Metrics; peers: PeerTracker; peerTls: PeerTls }) {
+    const { config, logger, metrics, peerTls } = options;
+    this.#config = config;
+    this.#logger = logger;
+    this.#metrics = metrics;
+    this.#peerTls = peerTls;
+    this.#peers = options.peers;
+    this.#policy = new InboundPolicy(config.allow, config.trustDomain);
+    this.#tls = createTlsServer(peerTls.serverOptions({ allowHalfOpen: true, ALPNProtocols: alpnProtocols }), (socket) => this.#onConnection(socket));
+    peerTls.attach(this.#tls);
+    if (peerTls.permissive) {
+      this.#front = createNetServer({ allowHalfOpen: true }, (socket) =>
+        peerTls.dispatchFirstByte(socket, (tlsBound) => this.#tls.emit('connection', tlsBound), (plain) => this.#onConnection(plain)),
+      );
+    }
+    const listening = this.#front ?? this.#tls;
+    trackConnections(listening, 'inbound', metrics);
+    peerTls.watch(listening);
+    if (config.maxConnections > 0) listening.maxConnections = config.maxConnections;
+  }
+
+  listen(): Promise<BoundAddress> {
+    return listenOn(this.#front ?? this.#tls, this.#config.inbound!, 'inbound');
+  }
+
+  closeIdleConnections(): void {
+    // A byte pipe has no request boundary: it is idle only when its peers close it.
+  }
+
+  close(): Promise<void> {
+    const servers = [this.#tls, ...(this.#front ? [this.#front] : [])];
+    return Promise.all(servers.map((server) => new Promise<void>((resolve) => (server.listening ? server.close(() => resolve()) : resolve())))).then(() => undefined);
+  }
+
+  openConnections(): Promise<number> {
+    return Promise.resolve(this.#sockets.size);
+  }
+
+  closeAllConnections(): void {
+    for (const socket of this.#sockets) socket.destroy();
+  }
+
+  #onConnection(client: Socket): void {
+    const security = this.#peerTls.security(client);
+    if (!security) {
+      client.destroy();
+      return;
+    }
+    const address = client.remoteAddress ?? '';
+    const label = security.peer?.name ?? (security.tls === 'plaintext' ? 'plaintext' : 'no client cert');
+    this.#metrics.inboundRequests.inc({ tls: security.tls });
+    this.#peers.record(address, label, security.tls);
+    if (security.peer) {
+      const decision = this.#policy.decide(security.peer.identity);
+      if (!decision.allowed) {
+        this.#metrics.authzDenied.inc();
+        this.#metrics.tcpConnections.inc({ direction: 'inbound', result: 'peer_not_allowed' });
+        if (this.#deniedLog.admit(security.peer.name) !== undefined) {
+          this.#logger.warn({ direction: 'inbound', protocol: 'tcp', peer: security.peer.name, address, reason: decision.reason }, 'peer not allowed');
+        }
+        client.destroy();
+        return;
+      }
+    }
+    const app = this.#config.app;
+    const upstream = app.kind === 'unix' ? connect({ path: app.path, allowHalfOpen: true }) : connect({ host: app.host, port: app.port, allowHalfOpen: true });
+    upstream.setNoDelay(true);
+    const connectMs = this.#config.timeouts.connectMs;
+    const timer = connectMs > 0 ? setTimeout(() => upstream.destroy(Object.assign(new Error(`connecting took longer than ${connectMs} ms`), { code: 'SIDECAR_TIMEOUT' })), connectMs) : undefined;
+    this.#sockets.add(client);
+    client.once('close', () => this.#sockets.delete(client));
+    if (this.#config.timeouts.idleMs > 0) client.setTimeout(this.#config.timeouts.idleMs, () => client.destroy());
+    upstream.once('connect', () => clearTimeout(timer));
+    upstream.once('error', (error: NodeJS.ErrnoException) => {
+      if (!upstream.connecting && upstream.bytesRead + upstream.bytesWritten > 0) return;
+      clearTimeout(timer);
+      const code = error.code === 'SIDECAR_TIMEOUT' ? 'app_timeout' : 'app_refused';
+      this.#metrics.upstreamErrors.inc({ direction: 'inbound', error: code });
+      this.#logger.warn({ direction: 'inbound', protocol: 'tcp', error: code, reason: error.message, peer: label }, 'forwarding failed');
+    });
+    pipeBothWays(client, upstream, (stats) => {
+      this.#metrics.tcpConnections.inc({ direction: 'inbound', result: stats.error ? 'error' : 'ok' });
+      this.#logger.info(
+        { direction: 'inbound', protocol: 'tcp', peer: label, tls: security.tls, alpn: (client as TLSSocket).alpnProtocol || undefined, bytesIn: stats.bytesUp, bytesOut: stats.bytesDown, durationMs: stats.durationMs, ...(stats.error ? { error: stats.error.message } : {}) },
+        'connection',
+      );
+    });
+  }
+}
