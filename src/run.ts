@@ -54,11 +54,8 @@ export async function runSidecar(config: Config, logger: Logger): Promise<Runnin
   const peers = new PeerTracker();
   const agents = new UpstreamAgents({ config, store, logger });
   const tcp = config.protocol === 'tcp';
-  const inbound = !config.inbound
-    ? undefined
-    : tcp
-      ? new TcpInboundListener({ config, logger, metrics, peers, peerTls: new PeerTls({ config, store, logger, metrics }) })
-      : new InboundListener({ config, store, logger, metrics, peers });
+  const peerTls = config.inbound ? new PeerTls({ config, store, logger, metrics, peers }) : undefined;
+  const inbound = !peerTls ? undefined : tcp ? new TcpInboundListener({ config, logger, metrics, peerTls }) : new InboundListener({ config, logger, metrics, peerTls });
   // TCP mode: --upstream listeners pipe bytes; the forward proxy (if on) stays HTTP.
   const outbound = new OutboundListeners({ config: tcp ? { ...config, upstreams: [] } : config, agents, logger, metrics });
   const tcpUpstreams = tcp ? new TcpUpstreamListeners({ config, store, logger, metrics }) : undefined;

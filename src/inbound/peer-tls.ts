@@ -14,7 +14,8 @@ import { tlsFailures, type TlsFailureReason } from '../errors.js';
 import { RateLimitedLog, type Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { classifyPeerVerifyError, classifyTlsError, tlsOptionsFor } from '../tls.js';
-import type { TransportSecurity } from './peers.js';
+import type { PeerTracker, TransportSecurity } from './peers.js';
+import { InboundPolicy } from './policy.js';
 
 export interface PeerInfo {
   identity: CertIdentity;
@@ -23,6 +24,12 @@ export interface PeerInfo {
 
 /** How a connection is secured: mTLS with a verified peer, TLS without a client cert, or plaintext. */
 export type ConnectionSecurity = { peer: PeerInfo; tls: 'mtls' } | { peer: undefined; tls: Exclude<TransportSecurity, 'mtls'> };
+
+/** The outcome of admitting a request (HTTP) or a connection (TCP). */
+export type Admission =
+  | { admitted: true; security: ConnectionSecurity; label: string; address: string }
+  | { admitted: false; refused: 'bad_certificate' }
+  | { admitted: false; refused: 'peer_not_allowed'; peer: PeerInfo; reason: string };
 
 const tlsRecordHandshake = 0x16;
 
@@ -34,14 +41,22 @@ export class PeerTls {
   /** Remote address per raw socket, kept because a socket destroyed mid-handshake forgets it. */
   readonly #remoteAddresses = new WeakMap<Socket, string>();
   readonly #handshakeLog = new RateLimitedLog(10_000);
+  readonly #deniedLog = new RateLimitedLog(10_000);
+  readonly #policy: InboundPolicy;
+  readonly #tracker: PeerTracker;
   /** Session ticket keys outlive certificate rotation so resumption keeps working. */
   readonly #ticketKeys = randomBytes(48);
   readonly #servers: TlsServer[] = [];
   readonly #store: CertStore;
   #ownUris: string[];
 
-  constructor(options: { config: Config; store: CertStore; logger: Logger; metrics: Metrics }) {
+  constructor(options: { config: Config; store: CertStore; logger: Logger; metrics: Metrics; peers: PeerTracker }) {
     this.#config = options.config;
+    this.#policy = new InboundPolicy(options.config.allow, options.config.trustDomain);
+    this.#tracker = options.peers;
+    if (this.permissive) {
+      options.logger.warn('--mode permissive: plaintext and certificate-less TLS callers reach the app WITHOUT identity or allow-list checks; watch /peers and switch to --mode strict when every caller uses mTLS');
+    }
     this.#logger = options.logger;
     this.#metrics = options.metrics;
     this.#store = options.store;
@@ -96,6 +111,33 @@ export class PeerTls {
     // permissive: "no client certificate" only if none was presented; a bad one is never admitted.
     if (!tlsSocket.authorized && tlsSocket.getPeerX509Certificate()) return undefined;
     return { peer: undefined, tls: 'tls' };
+  }
+
+  /**
+   * Classifies a request's (or TCP connection's) socket, records it for /peers and the metrics, and
+   * applies the allow-list and trust domain to a verified peer. Unauthenticated traffic (permissive
+   * mode only) is admitted without checks: that is the point of the mode.
+   */
+  admit(socket: Socket): Admission {
+    const security = this.security(socket);
+    if (!security) return { admitted: false, refused: 'bad_certificate' };
+    const address = socket.remoteAddress ?? '';
+    const label = security.peer?.name ?? (security.tls === 'plaintext' ? 'plaintext' : 'no client cert');
+    this.#metrics.inboundRequests.inc({ tls: security.tls });
+    this.#tracker.record(address, label, security.tls);
+    if (security.peer) {
+      const decision = this.#policy.decide(security.peer.identity);
+      if (!decision.allowed) {
+        const peer = security.peer;
+        this.#metrics.authzDenied.inc();
+        const suppressed = this.#deniedLog.admit(peer.name);
+        if (suppressed !== undefined) {
+          this.#logger.warn({ direction: 'inbound', peer: peer.name, address, reason: decision.reason, uris: peer.identity.uris, dns: peer.identity.dns, ...(suppressed ? { suppressed } : {}) }, 'peer not allowed');
+        }
+        return { admitted: false, refused: 'peer_not_allowed', peer, reason: decision.reason };
+      }
+    }
+    return { admitted: true, security, label, address };
   }
 
   /** permissive: the first byte decides TLS or plaintext; a silent client is closed. */

@@ -8,12 +8,10 @@ import { connect, createServer as createNetServer, type Server as NetServer, typ
 import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
 import type { Config } from '../config.js';
 import { listenOn, trackConnections, type BoundAddress } from '../listen.js';
-import { RateLimitedLog, type Logger } from '../log.js';
+import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { pipeBothWays } from '../pipe.js';
 import type { PeerTls } from './peer-tls.js';
-import type { PeerTracker } from './peers.js';
-import { InboundPolicy } from './policy.js';
 
 export const alpnProtocols = ['h2', 'http/1.1'];
 
@@ -24,19 +22,14 @@ export class TcpInboundListener {
   readonly #logger: Logger;
   readonly #metrics: Metrics;
   readonly #peerTls: PeerTls;
-  readonly #peers: PeerTracker;
-  readonly #policy: InboundPolicy;
-  readonly #deniedLog = new RateLimitedLog(10_000);
   readonly #sockets = new Set<Socket>();
 
-  constructor(options: { config: Config; logger: Logger; metrics: Metrics; peers: PeerTracker; peerTls: PeerTls }) {
+  constructor(options: { config: Config; logger: Logger; metrics: Metrics; peerTls: PeerTls }) {
     const { config, logger, metrics, peerTls } = options;
     this.#config = config;
     this.#logger = logger;
     this.#metrics = metrics;
     this.#peerTls = peerTls;
-    this.#peers = options.peers;
-    this.#policy = new InboundPolicy(config.allow, config.trustDomain);
     this.#tls = createTlsServer(peerTls.serverOptions({ allowHalfOpen: true, ALPNProtocols: alpnProtocols }), (socket) => this.#onConnection(socket));
     peerTls.attach(this.#tls);
     if (peerTls.permissive) {
@@ -72,27 +65,13 @@ export class TcpInboundListener {
   }
 
   #onConnection(client: Socket): void {
-    const security = this.#peerTls.security(client);
-    if (!security) {
+    const admission = this.#peerTls.admit(client);
+    if (!admission.admitted) {
+      if (admission.refused === 'peer_not_allowed') this.#metrics.tcpConnections.inc({ direction: 'inbound', result: 'peer_not_allowed' });
       client.destroy();
       return;
     }
-    const address = client.remoteAddress ?? '';
-    const label = security.peer?.name ?? (security.tls === 'plaintext' ? 'plaintext' : 'no client cert');
-    this.#metrics.inboundRequests.inc({ tls: security.tls });
-    this.#peers.record(address, label, security.tls);
-    if (security.peer) {
-      const decision = this.#policy.decide(security.peer.identity);
-      if (!decision.allowed) {
-        this.#metrics.authzDenied.inc();
-        this.#metrics.tcpConnections.inc({ direction: 'inbound', result: 'peer_not_allowed' });
-        if (this.#deniedLog.admit(security.peer.name) !== undefined) {
-          this.#logger.warn({ direction: 'inbound', protocol: 'tcp', peer: security.peer.name, address, reason: decision.reason }, 'peer not allowed');
-        }
-        client.destroy();
-        return;
-      }
-    }
+    const { security, label } = admission;
     const app = this.#config.app;
     const upstream = app.kind === 'unix' ? connect({ path: app.path, allowHalfOpen: true }) : connect({ host: app.host, port: app.port, allowHalfOpen: true });
     upstream.setNoDelay(true);
