@@ -1,0 +1,272 @@
+// `mtls-sidecar check` and `mtls-sidecar probe` (SPEC §2): every cert-dir problem a real directory
+// can have, reported with its catalog code and a fix (exit 1), a healthy directory described in
+// full (exit 0), JSON output, usage errors (exit 2); and probe against real upstreams: a sidecar
+// inbound (exit 0 with TLS version, cipher and HTTP status), the three failures users hit most,
+// and a refused port.
+import assert from 'node:assert/strict';
+import { readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { startEchoApp, startTlsServer, type EchoApp, type TlsTestServer } from './helpers/apps.js';
+import { opensslSanEntries } from './helpers/operability.js';
+import {
+  freshDir, issueLeaf, makeIntermediate, makeRootCA, makeService, normalizeSerial, sharedRootCA, writeLayout,
+  type CertificateAuthority, type Leaf, type ServiceIdentity,
+} from './helpers/pki.js';
+import { freePort, runCli, startSidecar, stopAllSidecars } from './helpers/sidecar.js';
+
+interface CheckProblem {
+  code: string;
+  file?: string;
+  message: string;
+  fix: string;
+}
+
+interface CheckJson {
+  healthy: boolean;
+  layout?: string;
+  problems: CheckProblem[];
+  leaf?: { serial: string; subject: string };
+  keyMatchesLeaf?: boolean;
+  chainVerifies?: boolean;
+}
+
+interface ProbeStep {
+  name: string;
+  ok: boolean;
+  detail: string;
+  code?: string;
+  fix?: string;
+}
+
+/** `check --cert-dir DIR` in text form. */
+const check = (dir: string, extra: string[] = []) => runCli(['check', '--cert-dir', dir, ...extra]);
+
+/** Exit 1, the problem `[code]` listed, and a `fix:` line right after it matching `fix`. */
+async function assertCheckProblem(dir: string, code: string, fix: RegExp): Promise<string> {
+  const result = await check(dir);
+  assert.equal(result.code, 1, `check exit code for ${code}; stdout:\n${result.stdout}\nstderr:\n${result.stderr}`);
+  const lines = result.stdout.split('\n');
+  const index = lines.findIndex((line) => line.includes(`[${code}]`));
+  assert.ok(index >= 0, `the report should name [${code}]:\n${result.stdout}`);
+  const fixLine = lines[index + 1] ?? '';
+  assert.match(fixLine, /^\s*fix: /, `a fix line should follow [${code}]:\n${result.stdout}`);
+  assert.match(fixLine, fix, `fix for ${code}`);
+  assert.doesNotMatch(result.stdout, /healthy: `mtls-sidecar run` will accept/);
+  return result.stdout;
+}
+
+describe('check', () => {
+  let root: CertificateAuthority;
+  let foreignRoot: CertificateAuthority;
+  let healthy: ServiceIdentity;
+
+  before(async () => {
+    root = await sharedRootCA();
+    [foreignRoot, healthy] = await Promise.all([makeRootCA({ cn: 'check foreign CA' }), makeService(root, 'checked')]);
+  });
+
+  /** A kubernetes-layout directory with the given files. */
+  const dirWith = async (label: string, chainPem: string, keyPem: string, bundlePem: string): Promise<string> => {
+    const dir = await freshDir(label);
+    await writeLayout(dir, 'kubernetes', { chainPem, keyPem, bundlePem });
+    return dir;
+  };
+
+  test('a healthy directory -> exit 0; the report shows layout, subject, SANs, issuer, expiry, chain, bundle and key match', async () => {
+    const result = await check(healthy.certDir);
+    assert.equal(result.code, 0, `stdout:\n${result.stdout}\nstderr:\n${result.stderr}`);
+    const out = result.stdout;
+    assert.match(out, /layout: kubernetes/);
+    assert.ok(out.includes('CN=checked'), `subject:\n${out}`);
+    for (const san of await opensslSanEntries(healthy.leaf.certPem)) {
+      const shown = san.replace(/^IP Address:/, 'IP:');
+      assert.ok(out.includes(shown), `SAN ${shown} should be listed:\n${out}`);
+    }
+    assert.ok(out.includes('CN=mtls-sidecar test root'), `issuer:\n${out}`);
+    assert.match(out, /expires in \d+d/);
+    assert.match(out, /Chain as sent to peers: 1 certificate/);
+    assert.match(out, /Trust bundle: 1 certificate/);
+    assert.match(out, /matches the leaf/);
+    assert.match(out, /verifies to a CA in the trust bundle/);
+    assert.ok(out.toUpperCase().includes(normalizeSerial(healthy.leaf.serial)), `serial ${healthy.leaf.serial} (openssl):\n${out}`);
+    assert.match(out, /healthy/);
+  });
+
+  test('key from another certificate -> key_mismatch', async () => {
+    const other = await issueLeaf(root, { cn: 'someone-else' });
+    const dir = await dirWith('key-mismatch', healthy.leaf.chainPem, other.keyPem, root.certPem);
+    await assertCheckProblem(dir, 'key_mismatch', /key/);
+  });
+
+  test('expired leaf -> cert_expired', async () => {
+    const expired = await issueLeaf(root, { cn: 'expired', expired: true });
+    const dir = await dirWith('expired', expired.chainPem, expired.keyPem, root.certPem);
+    const out = await assertCheckProblem(dir, 'cert_expired', /renew/);
+    assert.match(out, /expired \d+d/);
+  });
+
+  test('leaf from a CA not in the bundle -> chain_untrusted', async () => {
+    const stranger = await issueLeaf(foreignRoot, { cn: 'stranger' });
+    const dir = await dirWith('untrusted', stranger.chainPem, stranger.keyPem, root.certPem);
+    await assertCheckProblem(dir, 'chain_untrusted', /add the issuing CA to the bundle/);
+  });
+
+  test('chain file without the intermediate (bundle holds only the root) -> chain_untrusted, fix: append the missing intermediate', async () => {
+    const intermediate = await makeIntermediate(root, { cn: 'check intermediate' });
+    const leaf: Leaf = await issueLeaf(intermediate, { cn: 'behind-intermediate' });
+    assert.notEqual(leaf.chainPem, leaf.certPem, 'the full chain holds the intermediate');
+    const dir = await dirWith('no-intermediate', leaf.certPem, leaf.keyPem, root.certPem);
+    await assertCheckProblem(dir, 'chain_untrusted', /append the missing intermediate/);
+    // The same directory with the intermediate appended is healthy.
+    const fixed = await dirWith('with-intermediate', leaf.chainPem, leaf.keyPem, root.certPem);
+    assert.equal((await check(fixed)).code, 0);
+  });
+
+  test('missing key file -> file_missing naming the file', async () => {
+    const dir = await dirWith('missing-key', healthy.leaf.chainPem, healthy.leaf.keyPem, root.certPem);
+    await rm(join(dir, 'tls.key'));
+    const out = await assertCheckProblem(dir, 'file_missing', /write it|--\*-file|key-file/);
+    assert.ok(out.includes(join(dir, 'tls.key')), `the problem names the file:\n${out}`);
+  });
+
+  test('a directory with no recognised file set -> no_layout', async () => {
+    const dir = await freshDir('empty-dir');
+    await writeFile(join(dir, 'README'), 'not a certificate\n');
+    await assertCheckProblem(dir, 'no_layout', /tls\.crt/);
+  });
+
+  test('truncated PEM certificate -> cert_parse_error', async () => {
+    const dir = await dirWith('truncated', healthy.leaf.chainPem, healthy.leaf.keyPem, root.certPem);
+    const text = await readFile(join(dir, 'tls.crt'), 'utf8');
+    await writeFile(join(dir, 'tls.crt'), text.slice(0, Math.floor(text.length / 2)));
+    await assertCheckProblem(dir, 'cert_parse_error', /PEM/);
+  });
+
+  test('--json: healthy and problem reports parse, with healthy and problems', async () => {
+    const good = await check(healthy.certDir, ['--json']);
+    assert.equal(good.code, 0);
+    const goodReport = JSON.parse(good.stdout) as CheckJson;
+    assert.equal(goodReport.healthy, true);
+    assert.deepEqual(goodReport.problems, []);
+    assert.equal(goodReport.layout, 'kubernetes');
+    assert.equal(goodReport.keyMatchesLeaf, true);
+    assert.equal(normalizeSerial(goodReport.leaf?.serial ?? ''), normalizeSerial(healthy.leaf.serial));
+
+    const expired = await issueLeaf(root, { cn: 'expired-json', expired: true });
+    const other = await issueLeaf(root, { cn: 'other-json' });
+    const dir = await dirWith('json-problems', expired.chainPem, other.keyPem, root.certPem);
+    const bad = await check(dir, ['--json']);
+    assert.equal(bad.code, 1);
+    const badReport = JSON.parse(bad.stdout) as CheckJson;
+    assert.equal(badReport.healthy, false);
+    const codes = badReport.problems.map((problem) => problem.code);
+    assert.ok(codes.includes('key_mismatch') && codes.includes('cert_expired'), `every problem is reported, not just the first: ${JSON.stringify(codes)}`);
+    for (const problem of badReport.problems) assert.ok(problem.fix.length > 0, `a fix for ${problem.code}`);
+  });
+
+  test('unknown flag (a typo of --cert-dir) -> exit 2 naming it', async () => {
+    const result = await runCli(['check', '--cert-drr', healthy.certDir]);
+    assert.equal(result.code, 2, `stderr: ${result.stderr}`);
+    assert.match(result.stderr, /--cert-drr\b/);
+    assert.equal(result.stdout, '', 'no report for a usage error');
+  });
+
+  test('unknown flag that starts with --no- -> exit 2 naming the flag as typed', async () => {
+    const result = await runCli(['check', '--cert-dir', healthy.certDir, '--no-such-flag']);
+    assert.equal(result.code, 2, `stderr: ${result.stderr}`);
+    assert.match(result.stderr, /--no-such-flag\b/);
+  });
+});
+
+describe('probe', () => {
+  let root: CertificateAuthority;
+  let foreignRoot: CertificateAuthority;
+  let caller: ServiceIdentity;
+  let target: ServiceIdentity;
+  let app: EchoApp;
+  const servers: TlsTestServer[] = [];
+
+  before(async () => {
+    root = await sharedRootCA();
+    [foreignRoot, caller, target, app] = await Promise.all([
+      makeRootCA({ cn: 'probe foreign CA' }),
+      makeService(root, 'probe-caller'),
+      makeService(root, 'probe-target'),
+      startEchoApp(),
+    ]);
+  });
+
+  after(async () => {
+    await stopAllSidecars();
+    await app?.close();
+    await Promise.all(servers.map((server) => server.close()));
+  });
+
+  const probe = (url: string, extra: string[] = []) => runCli(['probe', url, '--cert-dir', caller.certDir, ...extra]);
+
+  const upstream = async (leaf: Leaf): Promise<TlsTestServer> => {
+    const server = await startTlsServer({ certPem: leaf.chainPem, keyPem: leaf.keyPem, ca: root.certPem });
+    servers.push(server);
+    return server;
+  };
+
+  /** Exit 1 and, in --json, the failing step with `code` and a fix matching `fix`. */
+  const assertProbeFailure = async (url: string, code: string, fix: RegExp): Promise<ProbeStep> => {
+    const text = await probe(url);
+    assert.equal(text.code, 1, `probe exit code; stdout:\n${text.stdout}\nstderr:\n${text.stderr}`);
+    assert.ok(text.stdout.includes(`[${code}]`), `text output names [${code}]:\n${text.stdout}`);
+    const json = await probe(url, ['--json']);
+    assert.equal(json.code, 1);
+    const report = JSON.parse(json.stdout) as { ok: boolean; steps: ProbeStep[] };
+    assert.equal(report.ok, false);
+    const failed = report.steps.find((step) => !step.ok && step.code === code);
+    assert.ok(failed, `a failing step with code ${code}: ${JSON.stringify(report.steps, null, 2)}`);
+    assert.match(failed.fix ?? '', fix, `fix for ${code}`);
+    return failed;
+  };
+
+  test('healthy upstream (a real sidecar inbound) -> exit 0 with TLS version, cipher and HTTP status', async () => {
+    const sidecar = await startSidecar(['--cert-dir', target.certDir, '--app', app.url, '--outbound', 'off']);
+    const result = await probe(`https://localhost:${sidecar.inbound.port}/health`);
+    assert.equal(result.code, 0, `stdout:\n${result.stdout}\nstderr:\n${result.stderr}`);
+    assert.match(result.stdout, /TLSv1\.3 TLS_(AES_(128|256)_GCM_SHA(256|384)|CHACHA20_POLY1305_SHA256)/);
+    assert.match(result.stdout, /GET \/health -> HTTP\/1\.1 200/);
+    assert.match(result.stdout, /all checks passed/);
+    assert.ok(app.requests.some((request) => request.url === '/health'), 'the probe request reached the app behind the sidecar');
+    const json = await probe(`https://localhost:${sidecar.inbound.port}/health`, ['--json']);
+    assert.equal(json.code, 0);
+    const report = JSON.parse(json.stdout) as { ok: boolean; steps: ProbeStep[] };
+    assert.equal(report.ok, true);
+    assert.ok(report.steps.every((step) => step.ok), JSON.stringify(report.steps));
+  });
+
+  test('unknown authority -> cert_untrusted, fix names the issuing CA and our bundle', async () => {
+    const stranger = await issueLeaf(foreignRoot, { cn: 'probe-stranger', dns: ['localhost'] });
+    const server = await upstream(stranger);
+    const step = await assertProbeFailure(`https://localhost:${server.port}/`, 'cert_untrusted', /add the CA/);
+    assert.ok((step.fix ?? '').includes('probe foreign CA'), `the fix names the issuing CA: ${step.fix}`);
+    assert.ok((step.fix ?? '').includes(join(caller.certDir, 'ca.crt')), `the fix names our bundle file: ${step.fix}`);
+  });
+
+  test('expired upstream certificate -> cert_expired, fix: renew', async () => {
+    const expired = await issueLeaf(root, { cn: 'probe-expired', dns: ['localhost'], expired: true });
+    const server = await upstream(expired);
+    await assertProbeFailure(`https://localhost:${server.port}/`, 'cert_expired', /renew/);
+  });
+
+  test('SAN mismatch -> name_mismatch, fix names the SANs the certificate has and the dialled host', async () => {
+    const misnamed = await issueLeaf(root, { cn: 'probe-misnamed', dns: ['payments.internal'] });
+    const server = await upstream(misnamed);
+    const step = await assertProbeFailure(`https://localhost:${server.port}/`, 'name_mismatch', /payments\.internal/);
+    assert.match(step.fix ?? '', /localhost/);
+  });
+
+  test('refused port -> exit 1, upstream_refused', async () => {
+    const port = await freePort();
+    const result = await probe(`https://localhost:${port}/`);
+    assert.equal(result.code, 1, result.stdout);
+    assert.match(result.stdout, /\[upstream_refused\]/);
+    assert.match(result.stdout, /fix: /);
+  });
+});

@@ -1,0 +1,315 @@
+// Helpers for operability tests: the /metrics scrape read by a real Prometheus text parser,
+// misbehaving peers (a TLS upstream or an app that accepts and never answers, a TLS server that
+// refuses our client certificate at a chosen TLS version), a raw TLS client that reports its own
+// source port (so a "TLS handshake failed" line can be matched to the exact connection), and what
+// the openssl CLI says about a certificate's validity.
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
+import { connect as netConnect, type AddressInfo } from 'node:net';
+import { connect as tlsConnect, type SecureVersion } from 'node:tls';
+import parsePrometheusTextFormat, { type PrometheusFamily } from 'parse-prometheus-text-format';
+import { plainRequest, runCommand } from './clients.js';
+import { openssl } from './pki.js';
+import type { Address, LogLine, Sidecar } from './sidecar.js';
+
+export type { PrometheusFamily };
+
+/** The whole /metrics scrape, parsed by parse-prometheus-text-format (throws on malformed text). */
+export async function scrape(admin: Address): Promise<{ text: string; families: PrometheusFamily[] }> {
+  const response = await plainRequest({ ...admin, path: '/metrics' });
+  if (response.status !== 200) throw new Error(`/metrics answered ${response.status}: ${response.text}`);
+  return { text: response.text, families: parsePrometheusTextFormat(response.text) };
+}
+
+export function family(families: PrometheusFamily[], name: string): PrometheusFamily | undefined {
+  return families.find((candidate) => candidate.name === name);
+}
+
+/**
+ * Sum of the samples of counter/gauge `name` whose labels include every pair of `labels`; 0 when
+ * there is none (a labelled counter is only exported once it has been incremented).
+ */
+export function sampleValue(families: PrometheusFamily[], name: string, labels: Record<string, string> = {}): number {
+  const found = family(families, name);
+  if (!found) return 0;
+  let total = 0;
+  for (const sample of found.metrics) {
+    if (sample.value === undefined) continue;
+    if (Object.entries(labels).every(([key, value]) => sample.labels?.[key] === value)) total += Number(sample.value);
+  }
+  return total;
+}
+
+/** One sample value from a fresh scrape. */
+export async function scrapeValue(admin: Address, name: string, labels: Record<string, string> = {}): Promise<number> {
+  return sampleValue((await scrape(admin)).families, name, labels);
+}
+
+// ---- peers that misbehave ----
+
+export interface HangingServer {
+  readonly port: number;
+  /** Requests received (and never answered). */
+  readonly received: string[];
+  close(): Promise<void>;
+}
+
+function hangingHandler(received: string[]) {
+  return (request: { url?: string }) => {
+    received.push(request.url ?? '');
+  };
+}
+
+async function listenLoopback(server: HttpServer | HttpsServer): Promise<number> {
+  server.listen({ port: 0, host: '127.0.0.1' });
+  await once(server, 'listening');
+  return (server.address() as AddressInfo).port;
+}
+
+function closeHanging(server: HttpServer | HttpsServer): Promise<void> {
+  return new Promise((resolve) => {
+    server.close(() => resolve());
+    server.closeAllConnections();
+  });
+}
+
+/** A plain HTTP app that accepts requests and never answers them. */
+export async function startHangingApp(): Promise<HangingServer> {
+  const received: string[] = [];
+  const server = createHttpServer(hangingHandler(received));
+  const port = await listenLoopback(server);
+  return { port, received, close: () => closeHanging(server) };
+}
+
+/** An HTTPS upstream that completes the handshake, reads the request and never answers. */
+export async function startHangingTlsServer(options: { certPem: string; keyPem: string }): Promise<HangingServer> {
+  const received: string[] = [];
+  const server = createHttpsServer({ cert: options.certPem, key: options.keyPem }, hangingHandler(received));
+  const port = await listenLoopback(server);
+  return { port, received, close: () => closeHanging(server) };
+}
+
+export interface ClientCertCheckingServer {
+  readonly port: number;
+  /** Requests that got through (none expected when our certificate is refused). */
+  readonly received: string[];
+  /** Handshake errors the server saw, as node reports them. */
+  readonly handshakeErrors: string[];
+  close(): Promise<void>;
+}
+
+/**
+ * An HTTPS upstream that requires a client certificate issued by `ca`, speaking at most
+ * `maxVersion`. With TLS 1.2 it refuses a foreign client certificate inside the handshake; with
+ * TLS 1.3 the client's handshake is already complete when the refusal (an alert) arrives.
+ */
+export async function startClientCertCheckingServer(options: { certPem: string; keyPem: string; ca: string; maxVersion: SecureVersion }): Promise<ClientCertCheckingServer> {
+  const received: string[] = [];
+  const handshakeErrors: string[] = [];
+  const server = createHttpsServer(
+    { cert: options.certPem, key: options.keyPem, ca: options.ca, requestCert: true, rejectUnauthorized: true, maxVersion: options.maxVersion },
+    (request, response) => {
+      received.push(request.url ?? '');
+      response.end('accepted');
+    },
+  );
+  server.on('tlsClientError', (error) => handshakeErrors.push(error.message));
+  const port = await listenLoopback(server);
+  return { port, received, handshakeErrors, close: () => closeHanging(server) };
+}
+
+// ---- a TLS client that knows its own address ----
+
+export interface TlsAttempt {
+  /** The client's source port, to match the server's "peer" field. */
+  localPort: number | undefined;
+  /** Whether the client's side of the handshake completed. */
+  handshakeCompleted: boolean;
+  /** The first error the client saw (code or message), if any. */
+  error: string | undefined;
+  /** Everything the server sent back after the handshake. */
+  response: string;
+}
+
+/**
+ * Connects with TLS (optionally presenting `cert`/`key`), sends one HTTP/1.1 GET and reads until
+ * the server closes. Never rejects: the outcome is described.
+ */
+export function tlsAttempt(options: Address & { ca: string; cert?: string; key?: string; timeoutMs?: number }): Promise<TlsAttempt> {
+  return new Promise((resolve) => {
+    const outcome: TlsAttempt = { localPort: undefined, handshakeCompleted: false, error: undefined, response: '' };
+    const socket = tlsConnect({
+      host: options.host,
+      port: options.port,
+      ca: options.ca,
+      cert: options.cert,
+      key: options.key,
+      servername: 'localhost',
+      rejectUnauthorized: true,
+    });
+    const done = () => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(outcome);
+    };
+    const timer = setTimeout(() => {
+      outcome.error ??= `no outcome within ${options.timeoutMs ?? 5000} ms`;
+      done();
+    }, options.timeoutMs ?? 5000);
+    socket.once('connect', () => {
+      outcome.localPort = socket.localPort;
+    });
+    socket.once('secureConnect', () => {
+      outcome.handshakeCompleted = true;
+      socket.write(`GET /handshake-attempt HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n`);
+    });
+    socket.on('data', (chunk: Buffer) => {
+      outcome.response += chunk.toString('utf8');
+    });
+    socket.once('error', (error: NodeJS.ErrnoException) => {
+      outcome.error ??= error.code ?? error.message;
+      done();
+    });
+    socket.once('close', done);
+  });
+}
+
+// ---- log lines ----
+
+/** The "TLS handshake failed" line with `reason` (and, when given, from source port `peerPort`). */
+export function handshakeFailedLine(reason: string, peerPort?: number) {
+  return (line: LogLine): boolean =>
+    line.msg === 'TLS handshake failed' && line.reason === reason && (peerPort === undefined || String(line.peer ?? '').endsWith(`:${peerPort}`));
+}
+
+/** The "forwarding failed" line naming catalog code `code`. */
+export function forwardingFailedLine(code: string, direction: 'inbound' | 'outbound', upstreamPort?: number) {
+  return (line: LogLine): boolean =>
+    line.msg === 'forwarding failed' &&
+    line.error === code &&
+    line.direction === direction &&
+    (upstreamPort === undefined || String(line.upstream ?? '').endsWith(`:${upstreamPort}`));
+}
+
+/** Resolves with the exit code, or rejects when the process is still running after `timeoutMs`. */
+export async function exitWithin(sidecar: Sidecar, timeoutMs: number): Promise<number | null> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(`still running ${timeoutMs} ms later; output:\n${sidecar.output().slice(-3000)}`)), timeoutMs);
+  });
+  try {
+    return (await Promise.race([sidecar.exited, timeout])).code;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+// ---- what openssl says ----
+
+/** notAfter of a certificate in unix seconds, from `openssl x509 -enddate`. */
+export async function opensslNotAfterSeconds(certPem: string): Promise<number> {
+  const line = (await openssl(['x509', '-noout', '-enddate'], { input: certPem })).trim();
+  return Math.floor(Date.parse(line.replace(/^notAfter=/, '')) / 1000);
+}
+
+/** notBefore and notAfter as ISO strings, from `openssl x509 -startdate -enddate`. */
+export async function opensslValidity(certPem: string): Promise<{ notBefore: string; notAfter: string }> {
+  const text = await openssl(['x509', '-noout', '-startdate', '-enddate'], { input: certPem });
+  const field = (name: string) => new Date(Date.parse(new RegExp(`${name}=(.*)`).exec(text)![1]!)).toISOString();
+  return { notBefore: field('notBefore'), notAfter: field('notAfter') };
+}
+
+/** The subjectAltName entries as `openssl x509 -ext subjectAltName` prints them ("DNS:localhost", "IP Address:127.0.0.1", "URI:…"). */
+export async function opensslSanEntries(certPem: string): Promise<string[]> {
+  const text = await openssl(['x509', '-noout', '-ext', 'subjectAltName'], { input: certPem });
+  return text.split('\n').slice(1).join(',').split(',').map((entry) => entry.trim()).filter(Boolean);
+}
+
+/**
+ * A TLS 1.1-only ClientHello from `openssl s_client -tls1_1` (security level 0, which OpenSSL 3
+ * needs to offer TLS 1.1 at all). `refusedLocally` is set when this openssl will not even send it.
+ */
+export async function opensslTls11Attempt(address: Address): Promise<{ output: string; refusedLocally: string | undefined }> {
+  const result = await runCommand('openssl', ['s_client', '-connect', `${address.host}:${address.port}`, '-tls1_1', '-cipher', 'DEFAULT:@SECLEVEL=0', '-servername', 'localhost'], { timeoutMs: 10000 });
+  const output = `${result.stdout}\n${result.stderr}`;
+  const local = /no protocols available|unknown option|Option unknown|wrong version number.*ssl_cipher|no ciphers available/i.exec(output);
+  return { output, refusedLocally: local ? `openssl s_client refuses TLS 1.1 here: ${local[0]}` : undefined };
+}
+
+/** Plain HTTP sent to a (TLS) port; reports the source port and whatever came back. */
+export function plaintextAttempt(address: Address, timeoutMs = 5000): Promise<{ localPort: number | undefined; response: string; error: string | undefined }> {
+  return new Promise((resolve) => {
+    const outcome = { localPort: undefined as number | undefined, response: '', error: undefined as string | undefined };
+    const socket = netConnect({ host: address.host, port: address.port });
+    const done = () => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(outcome);
+    };
+    const timer = setTimeout(() => {
+      outcome.error ??= `no outcome within ${timeoutMs} ms`;
+      done();
+    }, timeoutMs);
+    socket.once('connect', () => {
+      outcome.localPort = socket.localPort;
+      socket.write('GET /plaintext-attempt HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n');
+    });
+    socket.on('data', (chunk: Buffer) => {
+      outcome.response += chunk.toString('utf8');
+    });
+    socket.once('error', (error: NodeJS.ErrnoException) => {
+      outcome.error ??= error.code ?? error.message;
+      done();
+    });
+    socket.once('close', done);
+  });
+}
+
+export interface OpensslServer {
+  readonly port: number;
+  /** Everything s_server printed, for failure messages. */
+  output(): string;
+  close(): Promise<void>;
+}
+
+/**
+ * `openssl s_server -www` requiring a client certificate that verifies against `caPath`
+ * (`-Verify 1`), limited to one TLS version. Unlike node's server, OpenSSL refuses a bad client
+ * certificate with an alert (unknown_ca), as nginx, Envoy and most OpenSSL-based servers do.
+ */
+export async function startOpensslServer(options: { certPath: string; keyPath: string; caPath: string; version: 'tls1_2' | 'tls1_3' }): Promise<OpensslServer> {
+  const child = spawn('openssl', ['s_server', '-accept', '127.0.0.1:0', '-cert', options.certPath, '-key', options.keyPath, '-CAfile', options.caPath, '-Verify', '1', '-verify_return_error', '-www', `-${options.version}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let text = '';
+  const port = await new Promise<number>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`openssl s_server did not start:\n${text}`)), 5000);
+    const onData = (chunk: Buffer) => {
+      text += chunk.toString('utf8');
+      const match = /ACCEPT 127\.0\.0\.1:(\d+)/.exec(text);
+      if (match) {
+        clearTimeout(timer);
+        resolve(Number(match[1]));
+      }
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', onData);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`openssl s_server exited (${code}):\n${text}`));
+    });
+  });
+  return {
+    port,
+    output: () => text,
+    close: () =>
+      new Promise((resolve) => {
+        if (child.exitCode !== null || child.signalCode !== null) {
+          resolve();
+          return;
+        }
+        child.once('exit', () => resolve());
+        child.kill('SIGTERM');
+      }),
+  };
+}
