@@ -173,6 +173,8 @@ export async function main(argv: string[]): Promise<void> {
       },
     )
     .command('demo', 'run the whole mission on loopback with no set-up, then exit', {}, async () => process.exit(await runDemo()))
+    // No `--no-<flag>` negation (the SPEC has none), so an unknown `--no-x` is named as typed.
+    .parserConfiguration({ 'boolean-negation': false })
     .strict()
     .help()
     .version()
@@ -180,7 +182,11 @@ export async function main(argv: string[]): Promise<void> {
     .fail((message, error) => {
       if (error) throw error;
       const unknown = /Unknown arguments?: (.*)/.exec(message ?? '');
-      if (unknown) usageError(`unknown flag ${unknown[1]!.split(', ').map((name) => (name.length > 1 ? `--${name}` : `-${name}`)).join(', ')} (see --help)`);
+      if (unknown) {
+        // yargs also lists each camelCase expansion (--cert-drr, --certDrr): flags here are kebab-case.
+        const names = unknown[1]!.split(', ').filter((name) => !/[A-Z]/.test(name));
+        usageError(`unknown flag ${names.map((name) => (name.length > 1 ? `--${name}` : `-${name}`)).join(', ')} (see --help)`);
+      }
       usageError(message ?? 'invalid usage (see --help)');
     });
   await cli.parseAsync();

@@ -28,7 +28,7 @@ export const appErrors = {
   },
   upstream_rejected_our_cert: {
     status: 502,
-    message: 'the upstream refused our client certificate',
+    message: 'the upstream refused our client certificate (it sent a TLS alert, or closed a new connection before answering, as Node-based servers do)',
     hint: 'make sure the CA that issued our certificate is in the upstream trust bundle and our certificate is valid (mtls-sidecar check)',
   },
   upstream_chain_incomplete: {

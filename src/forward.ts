@@ -32,10 +32,21 @@ export class ForwardTimeout extends Error {
   }
 }
 
+/** What is known about the connection a request went out on, for classifying its failure. */
+export interface ConnectionFacts {
+  /** A new connection (not a pooled keep-alive one). */
+  fresh: boolean;
+  /** Its TLS handshake completed (always true for a pooled one). */
+  tlsEstablished: boolean;
+  /** Response headers arrived. */
+  responded: boolean;
+}
+
 interface RequestState {
   start: bigint;
   options: ForwardOptions;
   error: AppErrorCode | undefined;
+  connection: ConnectionFacts | undefined;
 }
 
 const requestState = new WeakMap<IncomingMessage, RequestState>();
@@ -44,12 +55,12 @@ export class Forwarder {
   readonly #proxy: ProxyServer;
   readonly #direction: Direction;
   readonly #timeouts: Timeouts;
-  readonly #classify: (error: Error) => AppErrorCode;
+  readonly #classify: (error: Error, connection: ConnectionFacts | undefined) => AppErrorCode;
   readonly #logger: Logger;
   readonly #metrics: Metrics;
   readonly #maxHeaderSize: number;
 
-  constructor(options: { direction: Direction; timeouts: Timeouts; maxHeaderSize: number; classify: (error: Error) => AppErrorCode; logger: Logger; metrics: Metrics }) {
+  constructor(options: { direction: Direction; timeouts: Timeouts; maxHeaderSize: number; classify: (error: Error, connection: ConnectionFacts | undefined) => AppErrorCode; logger: Logger; metrics: Metrics }) {
     this.#direction = options.direction;
     this.#maxHeaderSize = options.maxHeaderSize;
     this.#timeouts = options.timeouts;
@@ -58,7 +69,8 @@ export class Forwarder {
     this.#metrics = options.metrics;
     this.#proxy = createProxyServer({ xfwd: false, ws: true, secure: true, prependPath: false });
     withoutDeleteLengthPass(this.#proxy);
-    this.#proxy.on('proxyReq', (proxyReq, _req, res) => this.#armTimeouts(proxyReq, res));
+    // http-proxy-3 emits proxyReq from inside the request's 'socket' event, with the socket.
+    this.#proxy.on('proxyReq', (proxyReq, req, res, _options, socket) => this.#watchUpstream(proxyReq, req, res, socket));
     this.#proxy.on('proxyRes', (proxyRes, _req, res) => {
       // Hop-by-hop headers of the app/upstream hop stop here (a stray `Trailer` with a
       // Content-Length would even make Node throw). The client hop's Connection header is ours:
@@ -76,7 +88,7 @@ export class Forwarder {
 
   /** Forwards one request; the response (or a catalog error) is written to `res`. */
   web(req: IncomingMessage, res: ServerResponse, options: ForwardOptions): void {
-    const state: RequestState = { start: process.hrtime.bigint(), options, error: undefined };
+    const state: RequestState = { start: process.hrtime.bigint(), options, error: undefined, connection: undefined };
     requestState.set(req, state);
     res.once('close', () => this.#logRequest(req, res, state));
     // Node answers a client HTTP/1.0 request that sent `TE: chunked` with chunked framing, which
@@ -91,7 +103,7 @@ export class Forwarder {
   /** Forwards a WebSocket (or other) upgrade. */
   upgrade(req: IncomingMessage, socket: Socket, head: Buffer, options: ForwardOptions): void {
     this.#proxy.ws(req, socket, head, this.#proxyOptions(options), (error) => {
-      const code = this.#classify(error);
+      const code = this.#classify(error, undefined);
       this.#logger.warn({ direction: this.#direction, error: code, reason: error.message, path: pathOf(req) }, 'upgrade failed');
       const { status, body } = appErrorResponse(code);
       if (socket.writable) {
@@ -119,24 +131,32 @@ export class Forwarder {
     res.end(body);
   }
 
-  #armTimeouts(proxyReq: ClientRequest, res: ServerResponse): void {
+  /** Arms the connect/handshake/response/idle timeouts and records the connection facts. */
+  #watchUpstream(proxyReq: ClientRequest, req: IncomingMessage, res: ServerResponse, socket: Socket): void {
     const { connectMs, handshakeMs, requestMs, idleMs } = this.#timeouts;
     const timers: NodeJS.Timeout[] = [];
     const fail = (what: string, ms: number) => () => proxyReq.destroy(new ForwardTimeout(what, ms));
     const clear = () => timers.forEach(clearTimeout);
-    proxyReq.once('socket', (socket: Socket) => {
-      if (!socket.connecting) return; // a pooled keep-alive connection: already connected
+    const isTls = 'encrypted' in socket;
+    const connection: ConnectionFacts = { fresh: socket.connecting, tlsEstablished: !socket.connecting, responded: false };
+    const state = requestState.get(req);
+    if (state) state.connection = connection;
+    if (socket.connecting) {
       if (connectMs > 0) {
         const timer = setTimeout(fail('connecting', connectMs), connectMs);
         timers.push(timer);
         socket.once('connect', () => clearTimeout(timer));
       }
-      if ('encrypted' in socket && handshakeMs > 0) {
-        const timer = setTimeout(fail('the TLS handshake', handshakeMs), connectMs + handshakeMs);
-        timers.push(timer);
-        (socket as TLSSocket).once('secureConnect', () => clearTimeout(timer));
+      if (isTls) {
+        const timer = handshakeMs > 0 ? setTimeout(fail('the TLS handshake', handshakeMs), connectMs + handshakeMs) : undefined;
+        if (timer) timers.push(timer);
+        (socket as TLSSocket).once('secureConnect', () => {
+          clearTimeout(timer);
+          connection.tlsEstablished = true;
+        });
       }
-    });
+    }
+    proxyReq.once('response', () => (connection.responded = true));
     if (requestMs > 0) timers.push(setTimeout(fail('the response', requestMs), requestMs));
     if (idleMs > 0) proxyReq.setTimeout(idleMs, fail('waiting on an idle connection', idleMs));
     proxyReq.once('response', clear);
@@ -146,8 +166,8 @@ export class Forwarder {
   }
 
   #onError(error: Error, req: IncomingMessage, res: ServerResponse | Socket): void {
-    const code = this.#classify(error);
     const state = requestState.get(req);
+    const code = this.#classify(error, state?.connection);
     this.#logger.warn(
       { direction: this.#direction, error: code, reason: error.message, errno: (error as NodeJS.ErrnoException).code, path: pathOf(req), hint: appErrors[code].hint, ...state?.options.logFields },
       'forwarding failed',

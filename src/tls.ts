@@ -62,10 +62,15 @@ export function classifyTlsError(error: unknown): TlsFailureReason | undefined {
   if (code === 'CERT_NOT_YET_VALID') return 'cert_not_yet_valid';
   if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') return 'name_mismatch';
   if (code === 'ERR_TLS_HANDSHAKE_TIMEOUT' || message.includes('handshake timeout')) return 'handshake_timeout';
-  // Alerts the peer sent about our certificate.
+  // Alerts the peer sent about our certificate: in the code, or (EPROTO on a write) only in the message.
   if (/ALERT_(CERTIFICATE_REQUIRED|BAD_CERTIFICATE|UNKNOWN_CA|CERTIFICATE_EXPIRED|CERTIFICATE_UNKNOWN|UNSUPPORTED_CERTIFICATE|CERTIFICATE_REVOKED|DECRYPT_ERROR|ACCESS_DENIED)/.test(code)) {
     return 'our_cert_rejected';
   }
+  if (/alert (certificate required|bad certificate|unknown ca|certificate expired|certificate unknown|unsupported certificate|certificate revoked|decrypt error|access denied)/.test(message)) {
+    return 'our_cert_rejected';
+  }
+  if (/alert protocol version/.test(message)) return 'protocol_version';
+  if (/alert handshake failure/.test(message)) return 'no_shared_cipher';
   if (/ALERT_PROTOCOL_VERSION|UNSUPPORTED_PROTOCOL|WRONG_VERSION_NUMBER|VERSION_TOO_LOW/.test(code)) {
     return code.includes('WRONG_VERSION_NUMBER') ? 'tls_on_plaintext_port' : 'protocol_version';
   }

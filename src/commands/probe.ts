@@ -143,7 +143,9 @@ function tlsCheck(host: string, port: number, set: CertSet, options: ProbeOption
     });
     socket.once('error', (error) => {
       const reason = classifyTlsError(error) ?? 'tls_error';
-      if (handshakeDone || reason === 'our_cert_rejected') {
+      // A peer that refuses our certificate often just closes (no alert): during the handshake
+      // (TLS 1.2) or right after it (TLS 1.3), as the outbound path also infers.
+      if (handshakeDone || reason === 'our_cert_rejected' || reason === 'connection_reset') {
         steps.push(failure('Client certificate', reason === 'connection_reset' ? 'our_cert_rejected' : reason, error.message.split('\n')[0] ?? error.message, `the upstream refused our certificate (${set.identity.uris.join(', ') || set.identity.subject}): is our CA in the upstream's trust bundle, and is our certificate valid (mtls-sidecar check)?`));
       } else {
         steps.push(failure('TLS', reason, error.message.split('\n')[0] ?? error.message));

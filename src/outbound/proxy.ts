@@ -8,7 +8,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { connect, isIP, type Socket } from 'node:net';
 import type { Config, ListenAddress, UpstreamRoute } from '../config.js';
 import { appErrorResponse, type AppErrorCode, type TlsFailureReason } from '../errors.js';
-import { Forwarder, clientErrorHandler, httpServerOptions, type ForwardOptions } from '../forward.js';
+import { Forwarder, clientErrorHandler, httpServerOptions, type ConnectionFacts, type ForwardOptions } from '../forward.js';
 import { stripHopByHop } from '../http-headers.js';
 import { listenOn, trackConnections, type BoundAddress } from '../listen.js';
 import type { Logger } from '../log.js';
@@ -28,15 +28,24 @@ const tlsFailureToAppError: Partial<Record<TlsFailureReason, AppErrorCode>> = {
   connection_reset: 'upstream_reset',
 };
 
-/** Maps an outbound failure to its catalog code (SPEC §6) and the handshake reason, if TLS. */
-export function classifyUpstreamError(error: Error): { code: AppErrorCode; tlsReason: TlsFailureReason | undefined } {
+/**
+ * Maps an outbound failure to its catalog code (SPEC §6) and the handshake reason, if TLS.
+ *
+ * A peer that refuses our client certificate often sends no alert saying so: Node-based servers
+ * (mtls-sidecar included) verify after the handshake and just close. So a new connection closed
+ * during the handshake, or after it but before any response, is reported as a refused certificate.
+ */
+export function classifyUpstreamError(error: Error, connection?: ConnectionFacts): { code: AppErrorCode; tlsReason: TlsFailureReason | undefined } {
   const errno = (error as NodeJS.ErrnoException).code;
   if (errno === 'ECONNREFUSED') return { code: 'upstream_refused', tlsReason: undefined };
   if (errno === 'ENOTFOUND' || errno === 'EAI_AGAIN') return { code: 'upstream_unresolvable', tlsReason: undefined };
   if (errno === 'SIDECAR_TIMEOUT' || errno === 'ETIMEDOUT') return { code: 'upstream_timeout', tlsReason: undefined };
   if (errno?.startsWith('HPE_')) return { code: 'upstream_response_invalid', tlsReason: undefined };
   const tlsReason = classifyTlsError(error);
-  if (tlsReason === undefined || tlsReason === 'connection_reset') return { code: 'upstream_reset', tlsReason: undefined };
+  if (tlsReason === undefined || tlsReason === 'connection_reset') {
+    if (connection?.fresh && !connection.responded) return { code: 'upstream_rejected_our_cert', tlsReason: 'our_cert_rejected' };
+    return { code: 'upstream_reset', tlsReason: undefined };
+  }
   return { code: tlsFailureToAppError[tlsReason] ?? 'upstream_tls_error', tlsReason };
 }
 
@@ -71,8 +80,8 @@ export class OutboundListeners {
       maxHeaderSize: options.config.maxHeaderSize,
       logger: options.logger,
       metrics: options.metrics,
-      classify: (error) => {
-        const { code, tlsReason } = classifyUpstreamError(error);
+      classify: (error, connection) => {
+        const { code, tlsReason } = classifyUpstreamError(error, connection);
         if (tlsReason) this.#metrics.handshakeErrors.inc({ direction: 'outbound', reason: tlsReason });
         return code;
       },
