@@ -3,6 +3,8 @@
 // app -> sidecar A (outbound) -> sidecar B (inbound) -> app.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import { once } from 'node:events';
+import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { deterministicBytes, sha256Hex, startEchoApp, startTlsServer, type EchoApp, type EchoReply, type TlsServerReply, type TlsTestServer } from './helpers/apps.js';
 import { curl, plainRequest, proxyRequest, type HttpResult } from './helpers/clients.js';
@@ -155,6 +157,25 @@ describe('outbound', () => {
   test('upstream on a closed port -> 502 upstream_refused', async () => {
     const closedPort = await freePort();
     assertSidecarError(await viaProxy(`http://localhost:${closedPort}/x`), 502, 'upstream_refused');
+  });
+
+  test('upstream that accepts TCP but never answers the TLS handshake -> 504 upstream_timeout after --handshake-timeout', async () => {
+    const silent = createNetServer((socket) => socket.on('error', () => undefined));
+    silent.listen(0, '127.0.0.1');
+    await once(silent, 'listening');
+    const port = (silent.address() as AddressInfo).port;
+    const sidecar = await startSidecar(['--cert-dir', serviceA.certDir, '--inbound', 'off', '--connect-timeout', '1s', '--handshake-timeout', '1s']);
+    try {
+      const started = Date.now();
+      const result = await proxyRequest({ proxy: sidecar.outbound, target: `http://localhost:${port}/x` });
+      const elapsed = Date.now() - started;
+      assertSidecarError(result, 504, 'upstream_timeout');
+      assert.match(JSON.parse(result.body).message, /TLS handshake took longer than/);
+      assert.ok(elapsed >= 900 && elapsed < 5000, `answered after ${elapsed} ms, expected about 2 s (connect + handshake budget)`);
+    } finally {
+      silent.close();
+      await sidecar.stop();
+    }
   });
 
   test('CONNECT through the forward proxy is tunnelled unchanged (the app does its own TLS)', async () => {
