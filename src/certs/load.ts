@@ -59,7 +59,8 @@ export interface RawCertFiles {
   contentHash: string;
 }
 
-async function exists(path: string): Promise<boolean> {
+/** Whether a path exists (any kind of file). */
+export async function pathExists(path: string): Promise<boolean> {
   try {
     await stat(path);
     return true;
@@ -78,7 +79,7 @@ export async function resolveCertFiles(config: CertDirConfig): Promise<CertFiles
   if (!dirStat?.isDirectory()) throw new CertError('cert_dir_missing', config.dir);
   let detected: Layout | undefined;
   for (const layout of layouts) {
-    if (await exists(join(config.dir, layout.cert))) {
+    if (await pathExists(join(config.dir, layout.cert))) {
       detected = layout;
       break;
     }

@@ -4,7 +4,6 @@
  * 0 done, 1 I/O or CA problem, 2 invalid input.
  */
 import { X509Certificate } from 'node:crypto';
-import { access } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import {
   createDevCA,
@@ -15,6 +14,7 @@ import {
   writeCaDir,
   writeServiceDir,
 } from '../certs/issue.js';
+import { pathExists } from '../certs/load.js';
 
 export interface CertsInitArgs {
   out: string;
@@ -41,7 +41,7 @@ const EXIT_USAGE = 2;
 export async function certsInit(args: CertsInitArgs): Promise<number> {
   const out = resolve(args.out);
   // Replacing a CA silently would orphan every certificate it issued.
-  if (await exists(join(out, 'ca.key'))) {
+  if (await pathExists(join(out, 'ca.key'))) {
     if (args.ifMissing) {
       process.stdout.write(`certs init: ${join(out, 'ca.key')} already exists; keeping it (--if-missing)\n`);
       return EXIT_OK;
@@ -117,13 +117,4 @@ function oneLineDn(dn: string): string {
 
 function isoDate(validTo: string): string {
   return new Date(validTo).toISOString();
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await access(path);
-    return true;
-  } catch {
-    return false;
-  }
 }

@@ -38,6 +38,8 @@ export class PeerTls {
   readonly #logger: Logger;
   readonly #metrics: Metrics;
   readonly #peers = new WeakMap<TLSSocket, PeerInfo>();
+  /** Sockets whose presented certificate failed verification: a destroyed socket forgets it had one. */
+  readonly #refused = new WeakSet<TLSSocket>();
   /** Remote address per raw socket, kept because a socket destroyed mid-handshake forgets it. */
   readonly #remoteAddresses = new WeakMap<Socket, string>();
   readonly #handshakeLog = new RateLimitedLog(10_000);
@@ -106,6 +108,7 @@ export class PeerTls {
   security(socket: Socket): ConnectionSecurity | undefined {
     const tlsSocket = socket as TLSSocket;
     if (!tlsSocket.encrypted) return { peer: undefined, tls: 'plaintext' };
+    if (this.#refused.has(tlsSocket) || tlsSocket.destroyed) return undefined;
     const peer = this.#peers.get(tlsSocket);
     if (peer) return { peer, tls: 'mtls' };
     // permissive: "no client certificate" only if none was presented; a bad one is never admitted.
@@ -185,6 +188,7 @@ export class PeerTls {
       // permissive mode: a certificate that was presented must verify; no mode accepts a bad one.
       const verifyResult = socket.authorizationError as unknown as string | undefined;
       this.recordFailure(classifyPeerVerifyError(verifyResult), socket, verifyResult ?? 'certificate not verified');
+      this.#refused.add(socket);
       socket.destroy();
       return;
     }

@@ -54,6 +54,10 @@ export class TcpUpstreamListeners {
     return Promise.all(this.#servers.map((server) => new Promise<void>((resolve) => server.close(() => resolve())))).then(() => undefined);
   }
 
+  openConnections(): number {
+    return this.#sockets.size;
+  }
+
   closeAllConnections(): void {
     for (const socket of this.#sockets) socket.destroy();
   }
