@@ -15,6 +15,8 @@ import { runDemo } from './demo.js';
 import { ConfigError } from './errors.js';
 import { createLogger } from './log.js';
 import { runSidecar } from './run.js';
+import cluster from 'node:cluster';
+import { runPrimary } from './cluster.js';
 
 const usageExit = 2;
 
@@ -50,9 +52,9 @@ async function runCommand(args: RawRunArgs, unknownEnv: string[]): Promise<void>
   for (const name of unknownEnv) {
     logger.warn({ env: name }, `ignoring environment variable ${name}: no such flag (Kubernetes sets <SERVICE>_PORT for every Service)`);
   }
-  if (config.workers !== 1) usageError('--workers other than 1 is not available yet');
-
-  const running = await runSidecar(config, logger);
+  if (config.workers > 1 && cluster.isPrimary) process.exit(await runPrimary(config, logger));
+  // A worker of --workers N: the primary owns the admin listener and answers for every worker.
+  const running = await runSidecar(cluster.isWorker ? { ...config, admin: null } : config, logger);
   if (typeof running === 'number') process.exit(running);
   process.once('SIGTERM', () => running.stop('SIGTERM'));
   process.once('SIGINT', () => running.stop('SIGINT'));

@@ -13,6 +13,7 @@ import { Metrics } from './metrics.js';
 import { UpstreamAgents } from './outbound/agents.js';
 import { OutboundListeners } from './outbound/proxy.js';
 import { PeerTracker } from './inbound/peers.js';
+import { workerChannel } from './cluster.js';
 import { PeerTls } from './inbound/peer-tls.js';
 import { TcpInboundListener } from './inbound/tcp.js';
 import { TcpUpstreamListeners } from './outbound/tcp.js';
@@ -59,7 +60,15 @@ export async function runSidecar(config: Config, logger: Logger): Promise<Runnin
   // TCP mode: --upstream listeners pipe bytes; the forward proxy (if on) stays HTTP.
   const outbound = new OutboundListeners({ config: tcp ? { ...config, upstreams: [] } : config, agents, logger, metrics });
   const tcpUpstreams = tcp ? new TcpUpstreamListeners({ config, store, logger, metrics }) : undefined;
-  const admin = config.admin ? new AdminServer({ address: config.admin, store, metrics, readiness, peers }) : undefined;
+  const admin = config.admin
+    ? new AdminServer({
+        address: config.admin,
+        store,
+        readiness,
+        metrics: async () => ({ contentType: metrics.registry.contentType, text: await metrics.registry.metrics() }),
+        peers: async () => peers.report(),
+      })
+    : undefined;
 
   const listeners: { inbound?: string; outbound?: string; admin?: string; upstreams?: Record<string, string> } = {};
   if (inbound) expected.add('inbound');
@@ -97,6 +106,10 @@ export async function runSidecar(config: Config, logger: Logger): Promise<Runnin
   process.on('SIGHUP', onHangup);
 
   const set = store.current!;
+  if (workerChannel.active()) {
+    workerChannel.serve(metrics.registry, peers);
+    workerChannel.ready(listeners);
+  }
   logger.info(
     {
       listeners,
@@ -106,7 +119,8 @@ export async function runSidecar(config: Config, logger: Logger): Promise<Runnin
       identity: set.identity.uris,
       serial: set.leaf.serialNumber,
     },
-    'sidecar ready',
+    // With --workers the primary says "sidecar ready" once every worker is.
+    workerChannel.active() ? 'worker ready' : 'sidecar ready',
   );
 
   let resolveStopped: (code: number) => void = () => undefined;

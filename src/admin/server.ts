@@ -6,12 +6,19 @@ import { describeCertificate } from '../certs/describe.js';
 import type { CertStore } from '../certs/store.js';
 import type { ListenAddress } from '../config.js';
 import { listenOn, type BoundAddress } from '../listen.js';
-import type { Metrics } from '../metrics.js';
-import type { PeerTracker } from '../inbound/peers.js';
+import type { PeersReport } from '../inbound/peers.js';
 
 export interface Readiness {
   /** Reasons the sidecar is not ready; empty when ready. */
   reasons(): string[];
+}
+
+/** Where the admin answers come from: this process, or (with --workers) all workers together. */
+export interface AdminSources {
+  store: CertStore;
+  readiness: Readiness;
+  metrics(): Promise<{ contentType: string; text: string }>;
+  peers(): Promise<PeersReport>;
 }
 
 function sendJson(res: ServerResponse, status: number, value: unknown): void {
@@ -24,7 +31,7 @@ export class AdminServer {
   readonly #server: Server;
   readonly #address: ListenAddress;
 
-  constructor(options: { address: ListenAddress; store: CertStore; metrics: Metrics; readiness: Readiness; peers: PeerTracker }) {
+  constructor(options: { address: ListenAddress } & AdminSources) {
     const { store, metrics, readiness, peers } = options;
     this.#address = options.address;
     this.#server = createServer((req: IncomingMessage, res: ServerResponse) => {
@@ -43,9 +50,9 @@ export class AdminServer {
           return;
         }
         case '/metrics':
-          metrics.registry.metrics().then(
-            (text) => {
-              res.writeHead(200, { 'content-type': metrics.registry.contentType });
+          metrics().then(
+            ({ contentType, text }) => {
+              res.writeHead(200, { 'content-type': contentType });
               res.end(text);
             },
             (error: Error) => sendJson(res, 500, { error: error.message }),
@@ -68,7 +75,10 @@ export class AdminServer {
           return;
         }
         case '/peers':
-          sendJson(res, 200, peers.report());
+          peers().then(
+            (report) => sendJson(res, 200, report),
+            (error: Error) => sendJson(res, 500, { error: error.message }),
+          );
           return;
         default:
           sendJson(res, 404, { error: 'not_found', endpoints: ['/healthz', '/readyz', '/metrics', '/certs', '/peers'] });

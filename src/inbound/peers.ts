@@ -5,7 +5,7 @@
  */
 export type TransportSecurity = 'mtls' | 'tls' | 'plaintext';
 
-interface PeerRecord {
+export interface PeerRecord {
   address: string;
   identity: string;
   tls: TransportSecurity;
@@ -15,12 +15,15 @@ interface PeerRecord {
 }
 
 const maxPeers = 2000;
+const defaultWindowMs = 15 * 60_000;
+
+export type PeersReport = ReturnType<typeof PeerTracker.reportOf>;
 
 export class PeerTracker {
   readonly #peers = new Map<string, PeerRecord>();
   readonly #windowMs: number;
 
-  constructor(windowMs = 15 * 60_000) {
+  constructor(windowMs = defaultWindowMs) {
     this.#windowMs = windowMs;
   }
 
@@ -40,9 +43,34 @@ export class PeerTracker {
     this.#peers.set(key, { address, identity, tls, requests: 1, firstSeen: now, lastSeen: now });
   }
 
-  report(now = Date.now()) {
+  /** The raw records in the window (for a cluster primary to merge). */
+  records(now = Date.now()): PeerRecord[] {
     for (const [key, entry] of this.#peers) if (now - entry.lastSeen > this.#windowMs) this.#peers.delete(key);
-    const peers = [...this.#peers.values()]
+    return [...this.#peers.values()];
+  }
+
+  report(now = Date.now()): PeersReport {
+    return PeerTracker.reportOf(this.records(now), this.#windowMs);
+  }
+
+  /** One report over several processes' records (--workers): same caller, counts added. */
+  static merged(recordSets: PeerRecord[][], windowMs = defaultWindowMs): PeersReport {
+    const merged = new Map<string, PeerRecord>();
+    for (const entry of recordSets.flat()) {
+      const key = `${entry.address}|${entry.tls}|${entry.identity}`;
+      const seen = merged.get(key);
+      if (!seen) merged.set(key, { ...entry });
+      else {
+        seen.requests += entry.requests;
+        seen.firstSeen = Math.min(seen.firstSeen, entry.firstSeen);
+        seen.lastSeen = Math.max(seen.lastSeen, entry.lastSeen);
+      }
+    }
+    return PeerTracker.reportOf([...merged.values()], windowMs);
+  }
+
+  static reportOf(records: PeerRecord[], windowMs: number) {
+    const peers = [...records]
       .sort((a, b) => b.lastSeen - a.lastSeen)
       .map((entry) => ({
         address: entry.address,
@@ -55,7 +83,7 @@ export class PeerTracker {
     const count = (tls: TransportSecurity) => peers.filter((peer) => peer.tls === tls).length;
     const notMtls = count('tls') + count('plaintext');
     return {
-      windowSeconds: this.#windowMs / 1000,
+      windowSeconds: windowMs / 1000,
       summary: { mtls: count('mtls'), tls: count('tls'), plaintext: count('plaintext') },
       strictSafe: notMtls === 0,
       verdict:
