@@ -13,7 +13,7 @@ import { probeCommand } from './commands/probe.js';
 import { buildConfig, envName, parseDuration, readEnv, runOptions, type OptionSpec, type RawRunArgs } from './config.js';
 import { runDemo } from './demo.js';
 import { ConfigError } from './errors.js';
-import { createLogger } from './log.js';
+import { createLogger, flushLogs } from './log.js';
 import { runSidecar } from './run.js';
 import cluster from 'node:cluster';
 import { runPrimary } from './cluster.js';
@@ -52,14 +52,17 @@ async function runCommand(args: RawRunArgs, unknownEnv: string[]): Promise<void>
   for (const name of unknownEnv) {
     logger.warn({ env: name }, `ignoring environment variable ${name}: no such flag (Kubernetes sets <SERVICE>_PORT for every Service)`);
   }
-  if (config.workers > 1 && cluster.isPrimary) process.exit(await runPrimary(config, logger));
+  const exit: (code: number) => never = (code) => {
+    flushLogs();
+    process.exit(code);
+  };
+  if (config.workers > 1 && cluster.isPrimary) exit(await runPrimary(config, logger));
   // A worker of --workers N: the primary owns the admin listener and answers for every worker.
   const running = await runSidecar(cluster.isWorker ? { ...config, admin: null } : config, logger);
-  if (typeof running === 'number') process.exit(running);
+  if (typeof running === 'number') exit(running);
   process.once('SIGTERM', () => running.stop('SIGTERM'));
   process.once('SIGINT', () => running.stop('SIGINT'));
-  const code = await running.stopped;
-  process.exit(code);
+  exit(await running.stopped);
 }
 
 function addRunOptions(command: Argv, envValues: Record<string, unknown>): Argv {
@@ -195,6 +198,7 @@ export async function main(argv: string[]): Promise<void> {
 }
 
 main(hideBin(process.argv)).catch((error: unknown) => {
+  flushLogs();
   process.stderr.write(`mtls-sidecar: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
   process.exit(1);
 });

@@ -47,8 +47,18 @@ function prettyStream(): Writable {
   });
 }
 
+let jsonDestination: ReturnType<typeof pino.destination> | undefined;
+
+/**
+ * Writes any buffered log lines now: call before process.exit. The JSON destination writes
+ * asynchronously, because a synchronous write per access-log line blocks the event loop on every request.
+ */
+export function flushLogs(): void {
+  jsonDestination?.flushSync();
+}
+
 export function createLogger(options: { level: string; format: 'json' | 'pretty' }): Logger {
-  const destination = options.format === 'pretty' ? prettyStream() : pino.destination({ fd: 1, sync: true });
+  const destination = options.format === 'pretty' ? prettyStream() : (jsonDestination = pino.destination({ fd: 1, sync: false }));
   return pino(
     {
       level: options.level,
