@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { join } from 'node:path';
-import { deterministicBytes, sha256Hex, startEchoApp, type EchoApp, type EchoReply } from './helpers/apps.js';
+import { deterministicBytes, headerCopies, sha256Hex, startEchoApp, type EchoApp, type EchoReply } from './helpers/apps.js';
 import { mtlsRequest, type HttpResult } from './helpers/clients.js';
 import { derOf, freshDir, issueLeaf, makeRootCA, makeService, sharedRootCA, type CertificateAuthority, type ServiceIdentity } from './helpers/pki.js';
 import { startSidecar, stopAllSidecars, type Sidecar } from './helpers/sidecar.js';
@@ -27,15 +27,6 @@ function parseXfcc(value: string): Array<Record<string, string[]>> {
   }
   elements.push(current);
   return elements;
-}
-
-/** Values of header `name` as the app received them (every copy, from the raw header list). */
-function headerCopies(reply: EchoReply, name: string): string[] {
-  const copies: string[] = [];
-  for (let index = 0; index < reply.rawHeaders.length; index += 2) {
-    if (reply.rawHeaders[index]?.toLowerCase() === name) copies.push(reply.rawHeaders[index + 1] ?? '');
-  }
-  return copies;
 }
 
 describe('inbound mTLS', () => {

@@ -6,29 +6,11 @@ import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
+import { assertSidecarError } from './helpers/assertions.js';
 import { deterministicBytes, sha256Hex, startEchoApp, startTlsServer, type EchoApp, type EchoReply, type TlsServerReply, type TlsTestServer } from './helpers/apps.js';
 import { curl, plainRequest, proxyRequest, type HttpResult } from './helpers/clients.js';
 import { derOf, issueLeaf, makeRootCA, makeService, normalizeSerial, sharedRootCA, type CertificateAuthority, type ServiceIdentity } from './helpers/pki.js';
 import { freePort, startSidecar, stopAllSidecars, type Sidecar } from './helpers/sidecar.js';
-
-interface SidecarErrorBody {
-  error: string;
-  message: string;
-  hint: string;
-}
-
-/** The SPEC §6 shape: status, x-sidecar-error header, JSON {error,message,hint} naming the same code. */
-function assertSidecarError(response: HttpResult, status: number, code: string): void {
-  assert.equal(response.status, status, `expected ${status} ${code}, got ${response.status}: ${response.text}`);
-  assert.equal(response.headers['x-sidecar-error'], code, `x-sidecar-error header; body: ${response.text}`);
-  assert.match(String(response.headers['content-type']), /application\/json/);
-  const body = response.json<SidecarErrorBody>();
-  assert.equal(body.error, code);
-  assert.equal(typeof body.message, 'string');
-  assert.ok(body.message.length > 0, 'message must not be empty');
-  assert.equal(typeof body.hint, 'string');
-  assert.ok(body.hint.length > 0, 'hint must not be empty');
-}
 
 function xfccOf(reply: EchoReply): string {
   const value = reply.headers['x-forwarded-client-cert'];
@@ -169,8 +151,7 @@ describe('outbound', () => {
       const started = Date.now();
       const result = await proxyRequest({ proxy: sidecar.outbound, target: `http://localhost:${port}/x` });
       const elapsed = Date.now() - started;
-      assertSidecarError(result, 504, 'upstream_timeout');
-      assert.match(JSON.parse(result.body).message, /TLS handshake took longer than/);
+      assert.match(assertSidecarError(result, 504, 'upstream_timeout').message, /TLS handshake took longer than/);
       assert.ok(elapsed >= 900 && elapsed < 5000, `answered after ${elapsed} ms, expected about 2 s (connect + handshake budget)`);
     } finally {
       silent.close();

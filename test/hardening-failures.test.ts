@@ -9,22 +9,12 @@ import { createServer as createHttpsServer, type Server as HttpsServer } from 'n
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { assertSidecarError } from './helpers/assertions.js';
 import { sha256Hex, startEchoApp, type EchoApp, type EchoReply } from './helpers/apps.js';
 import { curl, mtlsRequest, plainRequest, proxyRequest, type HttpResult } from './helpers/clients.js';
-import {
-  metricValue,
-  openFds,
-  openTls,
-  pollUntil,
-  rawTlsExchange,
-  requestLogs,
-  sleep,
-  startRawApp,
-  startScriptedApp,
-  type RawApp,
-  type ScriptedApp,
-} from './helpers/hardening.js';
+import { metricValue, openFds, pollUntil, requestLogs, sleep, startRawApp, startScriptedApp, type RawApp, type ScriptedApp } from './helpers/hardening.js';
 import { freshDir, makeService, sharedRootCA, type CertificateAuthority, type ServiceIdentity } from './helpers/pki.js';
+import { openTls, rawTlsExchange } from './helpers/raw.js';
 import { freePort, startSidecar, stopAllSidecars, type Sidecar } from './helpers/sidecar.js';
 
 describe('hardening: failures never kill the sidecar', () => {
@@ -38,12 +28,6 @@ describe('hardening: failures never kill the sidecar', () => {
   /** curl presenting peer A's certificate to the sidecar's inbound port. */
   const curlInbound = (sidecar: Sidecar, path: string, args: string[] = [], timeoutMs = 15000) =>
     curl(['--cacert', root.certPath, '--cert', peerA.leaf.certPath, '--key', peerA.leaf.keyPath, ...args, `https://localhost:${sidecar.inbound.port}${path}`], { timeoutMs });
-
-  const assertCatalogError = (response: HttpResult, status: number, code: string) => {
-    assert.equal(response.status, status, response.text);
-    assert.equal(response.headers['x-sidecar-error'], code);
-    assert.equal(response.json<{ error: string }>().error, code);
-  };
 
   before(async () => {
     root = await sharedRootCA();
@@ -146,7 +130,7 @@ describe('hardening: failures never kill the sidecar', () => {
       const sidecar = await startSidecar(['--cert-dir', serviceB.certDir, '--app', app.url, '--outbound', 'off']);
       assert.equal((await call(sidecar, '/before')).status, 200);
       await app.close();
-      assertCatalogError(await call(sidecar, '/while-down'), 502, 'app_refused');
+      assertSidecarError(await call(sidecar, '/while-down'), 502, 'app_refused');
       assert.equal(sidecar.child.exitCode, null);
       await sidecar.stop();
     });
@@ -162,7 +146,7 @@ describe('hardening: failures never kill the sidecar', () => {
       });
       const sidecar = await startSidecar(['--cert-dir', serviceB.certDir, '--app', app.url, '--outbound', 'off']);
       try {
-        assertCatalogError(await call(sidecar, '/reset-before'), 502, 'app_reset');
+        assertSidecarError(await call(sidecar, '/reset-before'), 502, 'app_reset');
         const exchange = await rawTlsExchange({ address: sidecar.inbound, leaf: peerA.leaf, ca: root.certPem, bytes: 'GET /reset-mid HTTP/1.1\r\nHost: b\r\n\r\n', timeoutMs: 5000 });
         assert.ok(exchange.closedByServer, `the client connection must be closed when the app dies mid-response:\n${exchange.text.slice(0, 200)}`);
         assert.match(exchange.text, /^HTTP\/1\.1 200 /);
@@ -245,7 +229,7 @@ describe('hardening: failures never kill the sidecar', () => {
 
     test('--request-timeout still applies to requests that carried Expect: 100-continue', async () => {
       const response = await call(sidecar, '/never', { method: 'POST', headers: { expect: '100-continue' }, body: Buffer.from('x'), timeoutMs: 8000 });
-      assertCatalogError(response, 504, 'app_timeout');
+      assertSidecarError(response, 504, 'app_timeout');
     });
   });
 
@@ -283,7 +267,7 @@ describe('hardening: failures never kill the sidecar', () => {
     });
 
     const check = async (target: Sidecar, direction: 'inbound' | 'outbound', response: HttpResult, status: number, code: string, path: string) => {
-      assertCatalogError(response, status, code);
+      assertSidecarError(response, status, code);
       const failure = await target.waitForLog((line) => line.msg === 'forwarding failed' && line.path === path, 5000);
       assert.equal(failure.error, code);
       const access = await target.waitForLog((line) => line.msg === 'request' && line.path === path, 5000);
@@ -373,7 +357,7 @@ describe('hardening: failures never kill the sidecar', () => {
         const socketPath = await prepare(await freshDir('unix-broken'));
         const sidecar = await startSidecar(['--cert-dir', serviceB.certDir, '--app', `unix:${socketPath}`, '--outbound', 'off', '--admin', 'off']);
         const response = await call(sidecar, '/broken');
-        assertCatalogError(response, 502, 'app_refused');
+        assertSidecarError(response, 502, 'app_refused');
         const line = await sidecar.waitForLog((entry) => entry.msg === 'forwarding failed' && entry.path === '/broken', 5000);
         assert.equal(line.error, 'app_refused');
         assert.equal(sidecar.child.exitCode, null);

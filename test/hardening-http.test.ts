@@ -6,8 +6,9 @@ import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import { sha256Hex, startEchoApp, type EchoApp, type EchoReply } from './helpers/apps.js';
 import { mtlsRequest } from './helpers/clients.js';
-import { openTls, parseResponses, rawTlsExchange, readRaw, sleep, startRawApp, startScriptedApp, type RawApp, type ScriptedApp } from './helpers/hardening.js';
+import { sleep, startRawApp, startScriptedApp, type RawApp, type ScriptedApp } from './helpers/hardening.js';
 import { makeService, sharedRootCA, type CertificateAuthority, type ServiceIdentity } from './helpers/pki.js';
+import { openTls, parseResponses, rawTlsExchange, readRaw } from './helpers/raw.js';
 import { startSidecar, stopAllSidecars, type Sidecar } from './helpers/sidecar.js';
 
 /** Responses of the raw app, by request path; `/close` also closes the app's connection. */

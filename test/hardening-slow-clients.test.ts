@@ -7,8 +7,9 @@ import { connect as netConnect, type Socket } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { startEchoApp, type EchoApp } from './helpers/apps.js';
 import { mtlsRequest } from './helpers/clients.js';
-import { openTls, readRaw, sleep, startScriptedApp, type ScriptedApp } from './helpers/hardening.js';
+import { sleep, startScriptedApp, type ScriptedApp } from './helpers/hardening.js';
 import { makeService, sharedRootCA, type CertificateAuthority, type ServiceIdentity } from './helpers/pki.js';
+import { openTls, readRaw } from './helpers/raw.js';
 import { startSidecar, stopAllSidecars, type Address, type Sidecar } from './helpers/sidecar.js';
 
 function tcpConnect(address: Address): Promise<Socket> {

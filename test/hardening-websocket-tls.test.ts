@@ -8,8 +8,9 @@ import { connect as netConnect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { runCommand } from './helpers/clients.js';
-import { openFds, openTls, parseWebsocketFrames, pollUntil, sleep, startWebsocketApp, websocketAccept, websocketFrame, type WebsocketApp } from './helpers/hardening.js';
+import { openFds, parseWebsocketFrames, pollUntil, sleep, startWebsocketApp, websocketAccept, websocketFrame, type WebsocketApp } from './helpers/hardening.js';
 import { freshDir, makeService, sharedRootCA, type CertificateAuthority, type ServiceIdentity } from './helpers/pki.js';
+import { openTls } from './helpers/raw.js';
 import { freePort, startSidecar, stopAllSidecars, type Sidecar } from './helpers/sidecar.js';
 
 interface WebsocketSession {

@@ -5,10 +5,12 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
-import { startEchoApp, startTlsServer, type EchoApp, type EchoReply, type TlsServerReply, type TlsTestServer } from './helpers/apps.js';
+import { assertSidecarError } from './helpers/assertions.js';
+import { headerCopies, startEchoApp, startTlsServer, type EchoApp, type EchoReply, type TlsServerReply, type TlsTestServer } from './helpers/apps.js';
 import { mtlsRequest, plainRequest, proxyRequest, type HttpResult } from './helpers/clients.js';
-import { fetchMetrics, headerCopies, issueLeafWithSubject, metricValue, opensslSans, rawTlsExchange } from './helpers/identity.js';
+import { fetchMetrics, issueLeafWithSubject, metricValue, opensslSans } from './helpers/identity.js';
 import { derOf, issueLeaf, makeRootCA, makeService, openssl, sharedRootCA, type CertificateAuthority, type Leaf, type ServiceIdentity } from './helpers/pki.js';
+import { holdsWholeResponse, rawTlsExchange, wholeResponse } from './helpers/raw.js';
 import { freePort, runCli, startSidecar, stopAllSidecars, type LogLine, type Sidecar } from './helpers/sidecar.js';
 
 const UPSTREAM_ID = 'spiffe://test.local/ns/default/sa/upstream';
@@ -63,21 +65,6 @@ function parseEnvoyXfcc(header: string): Array<Array<[string, string]>> {
 
 function valuesOf(pairs: Array<[string, string]>, key: string): string[] {
   return pairs.filter(([name]) => name === key).map(([, value]) => value);
-}
-
-interface SidecarErrorBody {
-  error: string;
-  message: string;
-  hint: string;
-}
-
-function assertSidecarError(response: HttpResult, status: number, code: string): SidecarErrorBody {
-  assert.equal(response.status, status, `expected ${status} ${code}, got ${response.status}: ${response.text}`);
-  assert.equal(response.headers['x-sidecar-error'], code, `x-sidecar-error header; body: ${response.text}`);
-  assert.match(String(response.headers['content-type']), /application\/json/);
-  const body = response.json<SidecarErrorBody>();
-  assert.equal(body.error, code, response.text);
-  return body;
 }
 
 describe('peer identity, allow-list, XFCC and upstream identity', () => {
@@ -209,11 +196,7 @@ describe('peer identity, allow-list, XFCC and upstream identity', () => {
   async function assertDenied(sidecar: Sidecar, leaf: Leaf, identity: string): Promise<void> {
     const path = `/denied/${++requestCounter}`;
     const response = await call(sidecar, leaf, path);
-    assert.equal(response.status, 403, `${leaf.subject} should be denied: ${response.status} ${response.text}`);
-    assert.equal(response.headers['x-sidecar-error'], 'peer_not_allowed');
-    assert.match(String(response.headers['content-type']), /application\/json/);
-    const body = response.json<{ error: string }>();
-    assert.equal(body.error, 'peer_not_allowed');
+    assertSidecarError(response, 403, 'peer_not_allowed');
     assert.ok(response.text.includes(identity), `the 403 body should name the peer identity ${identity}: ${response.text}`);
     assert.equal(appSaw(path), false, 'a denied request must not reach the app');
   }
@@ -492,9 +475,9 @@ describe('peer identity, allow-list, XFCC and upstream identity', () => {
         '',
         '',
       ].join('\r\n');
-      const response = await rawTlsExchange({ ...cnOuSidecar.inbound, cert: awkward.chainPem, key: awkward.keyPem, ca: root.certPem, request });
-      response.destroy();
-      assert.equal(response.status, 200, `${response.head}\n${response.body}`);
+      const exchange = await rawTlsExchange({ address: cnOuSidecar.inbound, leaf: awkward, ca: root.certPem, bytes: request, until: holdsWholeResponse, timeoutMs: 10000 });
+      const response = wholeResponse(exchange);
+      assert.equal(response.status, 200, exchange.text);
       const reply = JSON.parse(response.body) as EchoReply;
       const xfcc = headerCopies(reply, 'x-forwarded-client-cert');
       assert.equal(xfcc.length, 1, `exactly one XFCC: ${JSON.stringify(xfcc)}`);
@@ -512,11 +495,12 @@ describe('peer identity, allow-list, XFCC and upstream identity', () => {
 
     test('a client\'s "Connection: close" is honoured: the sidecar answers with close and closes the connection', async () => {
       const request = ['GET /close-me HTTP/1.1', 'Host: localhost', 'Connection: close', '', ''].join('\r\n');
-      const response = await rawTlsExchange({ ...cnOuSidecar.inbound, cert: awkward.chainPem, key: awkward.keyPem, ca: root.certPem, request });
-      const closed = await response.closedWithin(2000);
-      assert.equal(response.status, 200, response.head);
-      assert.doesNotMatch(response.head, /\r\nconnection:\s*keep-alive/i, `response head: ${response.head}`);
-      assert.equal(closed, true, `the connection should be closed after the response; head:\n${response.head}`);
+      // Read until the server closes: within 2 s of the request, the whole response and the close.
+      const exchange = await rawTlsExchange({ address: cnOuSidecar.inbound, leaf: awkward, ca: root.certPem, bytes: request, timeoutMs: 2000 });
+      const response = wholeResponse(exchange);
+      assert.equal(response.status, 200, exchange.text);
+      assert.doesNotMatch(response.headers.connection ?? '', /keep-alive/i, `response: ${exchange.text}`);
+      assert.equal(exchange.closedByServer, true, `the connection should be closed after the response; received:\n${exchange.text}`);
     });
   });
 });

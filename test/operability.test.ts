@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { createServer as createNetServer, type AddressInfo, type Server as NetServer } from 'node:net';
 import { after, before, describe, test } from 'node:test';
+import { assertSidecarError, type SidecarErrorBody } from './helpers/assertions.js';
 import { startEchoApp, startTlsServer, type EchoApp } from './helpers/apps.js';
 import { mtlsRequest, plainRequest, proxyRequest, type HttpResult } from './helpers/clients.js';
 import {
@@ -16,24 +17,6 @@ import {
 import { issueLeaf, makeRootCA, makeService, normalizeSerial, sharedRootCA, spiffeIdOf, type CertificateAuthority, type Leaf, type ServiceIdentity } from './helpers/pki.js';
 import { sleep } from './helpers/rotation.js';
 import { freePort, runCli, startSidecar, stopAllSidecars, type LogLine, type Sidecar } from './helpers/sidecar.js';
-
-interface SidecarErrorBody {
-  error: string;
-  message: string;
-  hint: string;
-}
-
-/** The SPEC §6 shape: status, x-sidecar-error header, JSON {error,message,hint} naming the same code. */
-function assertSidecarError(response: HttpResult, status: number, code: string): SidecarErrorBody {
-  assert.equal(response.status, status, `expected ${status} ${code}, got ${response.status}: ${response.text}`);
-  assert.equal(response.headers['x-sidecar-error'], code, `x-sidecar-error header; body: ${response.text}`);
-  assert.match(String(response.headers['content-type']), /application\/json/);
-  const body = response.json<SidecarErrorBody>();
-  assert.equal(body.error, code);
-  assert.ok(body.message.length > 0, 'message must not be empty');
-  assert.ok(body.hint.length > 0, 'hint must not be empty');
-  return body;
-}
 
 const EXPECTED_UPSTREAM_ID = spiffeIdOf('expected-upstream');
 

@@ -6,9 +6,9 @@
 import assert from 'node:assert/strict';
 import { connect as netConnect } from 'node:net';
 import { after, before, describe, test } from 'node:test';
-import { startEchoApp, type EchoApp, type EchoReply, type RecordedRequest } from './helpers/apps.js';
-import { curl, plainRequest } from './helpers/clients.js';
-import { fetchMetrics, fetchPeers, headerCopies, metricValue, requestFrom, type PeerEntry } from './helpers/identity.js';
+import { headerCopies, startEchoApp, type EchoApp, type EchoReply, type RecordedRequest } from './helpers/apps.js';
+import { curl, mtlsRequest, plainRequest } from './helpers/clients.js';
+import { fetchMetrics, fetchPeers, metricValue, type PeerEntry } from './helpers/identity.js';
 import { makeRootCA, makeService, sharedRootCA, type CertificateAuthority, type ServiceIdentity } from './helpers/pki.js';
 import { startSidecar, stopAllSidecars, type LogLine, type Sidecar } from './helpers/sidecar.js';
 
@@ -213,12 +213,12 @@ describe('--mode permissive: mTLS, TLS without a client cert and plaintext on on
 
   test('/peers counts each kind of caller separately: address, identity, tls and request count', async () => {
     const source = '127.0.0.5';
-    const target = { host: sidecar.inbound.host, port: sidecar.inbound.port, localAddress: source };
-    for (let index = 0; index < 3; index += 1) assert.equal((await requestFrom({ ...target, path: `/perm/count/plain/${index}` })).status, 200);
-    for (let index = 0; index < 2; index += 1) assert.equal((await requestFrom({ ...target, path: `/perm/count/tls/${index}`, tls: { ca: root.certPem } })).status, 200);
+    const target = { host: sidecar.inbound.host, port: sidecar.inbound.port, localAddress: source, timeoutMs: 5000 };
+    for (let index = 0; index < 3; index += 1) assert.equal((await plainRequest({ ...target, path: `/perm/count/plain/${index}` })).status, 200);
+    for (let index = 0; index < 2; index += 1) assert.equal((await mtlsRequest({ ...target, path: `/perm/count/tls/${index}`, ca: root.certPem })).status, 200);
     for (let index = 0; index < 4; index += 1) {
-      const response = await requestFrom({ ...target, path: `/perm/count/mtls/${index}`, tls: { ca: root.certPem, cert: allowed.leaf.chainPem, key: allowed.leaf.keyPem } });
-      assert.equal(response.status, 200, response.body);
+      const response = await mtlsRequest({ ...target, path: `/perm/count/mtls/${index}`, ca: root.certPem, cert: allowed.leaf.chainPem, key: allowed.leaf.keyPem });
+      assert.equal(response.status, 200, response.text);
     }
     const fromSource = (await fetchPeers(sidecar)).peers.filter((peer) => peer.address === source);
     const summary = fromSource.map((peer) => ({ identity: peer.identity, tls: peer.tls, requests: peer.requests })).sort((a, b) => a.tls.localeCompare(b.tls));
@@ -289,15 +289,13 @@ describe('rolling upgrade: callers move from plaintext to mTLS, then to a strict
       const target = caller.target;
       sequence += 1;
       try {
-        const response = await requestFrom({
-          host: target.inbound.host,
-          port: target.inbound.port,
-          localAddress: caller.address,
-          path: `/rolling/${caller.name}/${sequence}`,
-          tls: transport === 'mtls' ? { ca: root.certPem, cert: caller.identity.leaf.chainPem, key: caller.identity.leaf.keyPem } : undefined,
-        });
+        const request = { host: target.inbound.host, port: target.inbound.port, localAddress: caller.address, path: `/rolling/${caller.name}/${sequence}`, timeoutMs: 5000 };
+        const response =
+          transport === 'mtls'
+            ? await mtlsRequest({ ...request, ca: root.certPem, cert: caller.identity.leaf.chainPem, key: caller.identity.leaf.keyPem })
+            : await plainRequest(request);
         if (response.status === 200) caller.succeeded[transport] += 1;
-        else caller.failures[transport].push(`#${sequence} to ${target.inbound.port}: ${response.status} ${response.body.slice(0, 200)}`);
+        else caller.failures[transport].push(`#${sequence} to ${target.inbound.port}: ${response.status} ${response.text.slice(0, 200)}`);
       } catch (error) {
         caller.failures[transport].push(`#${sequence} to ${target.inbound.port}: ${(error as Error).message}`);
       }

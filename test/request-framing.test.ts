@@ -3,8 +3,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { startEchoApp, type EchoApp } from './helpers/apps.js';
-import { rawTlsExchange } from './helpers/identity.js';
 import { makeService, sharedRootCA, type CertificateAuthority, type ServiceIdentity } from './helpers/pki.js';
+import { holdsWholeResponse, rawTlsExchange, wholeResponse } from './helpers/raw.js';
 import { startSidecar, stopAllSidecars, type Sidecar } from './helpers/sidecar.js';
 
 describe('request framing', () => {
@@ -29,15 +29,16 @@ describe('request framing', () => {
     test(`a chunked ${method} body holding a request reaches the app as one request with that body`, async () => {
       const inner = 'GET /smuggled HTTP/1.1\r\nHost: x\r\nX-Forwarded-Client-Cert: By=forged\r\n\r\n';
       const before = app.requests.length;
-      const response = await rawTlsExchange({
-        host: sidecar.inbound.host,
-        port: sidecar.inbound.port,
+      const exchange = await rawTlsExchange({
+        address: sidecar.inbound,
+        leaf: peer.leaf,
         ca: root.certPem,
-        cert: peer.leaf.chainPem,
-        key: peer.leaf.keyPem,
-        request: `${method} /outer HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n${inner.length.toString(16)}\r\n${inner}\r\n0\r\n\r\n`,
+        bytes: `${method} /outer HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n${inner.length.toString(16)}\r\n${inner}\r\n0\r\n\r\n`,
+        until: holdsWholeResponse,
+        timeoutMs: 10000,
       });
-      assert.equal(response.status, 200, response.head);
+      const response = wholeResponse(exchange);
+      assert.equal(response.status, 200, exchange.text);
       await new Promise((resolve) => setTimeout(resolve, 300));
       const seen = app.requests.slice(before).map((request) => request.url);
       assert.deepEqual(seen, ['/outer'], 'the app must see exactly the outer request');

@@ -39,6 +39,9 @@ describe('--workers 2', () => {
   test('the primary says ready once both workers are; /readyz answers 200 from the primary', async () => {
     const ready = sidecar.logs().find((line) => line.msg === 'sidecar ready');
     assert.equal(ready?.workers, 2);
+    // Each worker logs from its own process, so its line may reach stdout after the primary's.
+    const deadline = Date.now() + 5000;
+    while (sidecar.logs().filter((line) => line.msg === 'worker ready').length < 2 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
     assert.equal(sidecar.logs().filter((line) => line.msg === 'worker ready').length, 2);
     const response = await fetch(`http://${sidecar.admin.host}:${sidecar.admin.port}/readyz`);
     assert.equal(response.status, 200);

@@ -3,8 +3,8 @@ import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import { rm } from 'node:fs/promises';
 import { createServer as createHttpServer, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { createServer as createHttpsServer } from 'node:https';
-import type { AddressInfo } from 'node:net';
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
+import type { AddressInfo, Server as NetServer } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 
 /** What the echo app answers for any route other than /bytes and /slow. */
@@ -92,12 +92,28 @@ function handleEcho(requests: RecordedRequest[]) {
   };
 }
 
-async function listen(server: Server, target: { port: number; host: string } | { path: string }): Promise<void> {
+async function listen(server: NetServer, target: { port: number; host: string } | { path: string }): Promise<void> {
   server.listen(target);
   await once(server, 'listening');
 }
 
-function closeServer(server: Server): Promise<void> {
+/** Values of header `name` as the app received them (every copy, from the raw header list). */
+export function headerCopies(reply: Pick<EchoReply, 'rawHeaders'>, name: string): string[] {
+  const copies: string[] = [];
+  for (let index = 0; index < reply.rawHeaders.length; index += 2) {
+    if (reply.rawHeaders[index]?.toLowerCase() === name.toLowerCase()) copies.push(reply.rawHeaders[index + 1] ?? '');
+  }
+  return copies;
+}
+
+/** Listens on 127.0.0.1 on a free port; resolves with the port. */
+export async function listenLoopback(server: NetServer): Promise<number> {
+  await listen(server, { port: 0, host: '127.0.0.1' });
+  return (server.address() as AddressInfo).port;
+}
+
+/** Closes an HTTP(S) server, cutting the connections it still holds (keep-alive, hanging requests). */
+export function closeServer(server: Server | HttpsServer): Promise<void> {
   return new Promise((resolve) => {
     server.close(() => resolve());
     server.closeAllConnections();
@@ -112,8 +128,7 @@ export async function startEchoApp(options: { unixSocketPath?: string } = {}): P
   const requests: RecordedRequest[] = [];
   const handler = handleEcho(requests);
   const tcpServer = createHttpServer((request, response) => void handler(request, response));
-  await listen(tcpServer, { port: 0, host: '127.0.0.1' });
-  const port = (tcpServer.address() as AddressInfo).port;
+  const port = await listenLoopback(tcpServer);
   let unixServer: Server | undefined;
   if (options.unixSocketPath) {
     await rm(options.unixSocketPath, { force: true });
@@ -210,10 +225,9 @@ export async function startTlsServer(options: {
     },
   );
   server.on('tlsClientError', (error) => handshakeErrors.push(error.message));
-  server.listen({ port: 0, host: '127.0.0.1' });
-  await once(server, 'listening');
+  const port = await listenLoopback(server);
   return {
-    port: (server.address() as AddressInfo).port,
+    port,
     host: '127.0.0.1',
     requests,
     handshakeErrors,

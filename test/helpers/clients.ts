@@ -24,6 +24,8 @@ export interface RequestOptions {
   body?: Buffer | string;
   /** Whole-exchange limit; the promise rejects when it passes (default 15 s). */
   timeoutMs?: number;
+  /** Source address of the connection, e.g. 127.0.0.2, so the server sees distinct callers. */
+  localAddress?: string;
 }
 
 export interface TlsClientOptions {
@@ -61,6 +63,7 @@ function send(options: RequestOptions, tls?: TlsClientOptions): Promise<HttpResu
       path: options.path,
       method: options.method ?? 'GET',
       headers: options.headers,
+      localAddress: options.localAddress,
       // A fresh connection per request: tests about handshakes must not reuse a pooled socket.
       agent: false as const,
     };

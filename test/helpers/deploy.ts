@@ -1,14 +1,11 @@
 // Helpers for the deploy tests: read the sidecar's flags and environment out of a manifest and
 // validate them with the product's own option table (src/config.ts), re-point them at loopback for
 // a local run, and run processes in network namespaces ("pods") joined by a veth pair.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmod, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import { buildConfig, envName, readEnv, runOptions, type Config, type RawRunArgs, type RunOptionName } from '../../src/config.js';
 import { runCommand, type CommandResult } from './clients.js';
-import { scratchDir } from './pki.js';
-import { REPO_ROOT, startSidecar, type Sidecar } from './sidecar.js';
+import { REPO_ROOT, startSidecar, type Sidecar, type StartSidecarOptions } from './sidecar.js';
 
 // ---- the sidecar's command line, as a manifest writes it ----
 
@@ -186,29 +183,9 @@ export function runInPod(pod: Pod, file: string, args: string[], options: { time
   return runCommand('ip', ['netns', 'exec', pod.ns, file, ...args], { timeoutMs: options.timeoutMs ?? 15000, env: options.env, cwd: REPO_ROOT });
 }
 
-/**
- * `startSidecar` (test/helpers/sidecar.ts), with the process inside the pod: it spawns
- * `process.execPath`, so for the duration of that synchronous spawn the path points at a wrapper
- * that execs `ip netns exec <ns> node` (exec all the way, so signals reach node itself).
- */
-export async function startSidecarInPod(pod: Pod, args: string[], options: { env?: Record<string, string>; readyTimeoutMs?: number } = {}): Promise<Sidecar> {
-  const wrapper = join(await scratchDir(), `node-in-${pod.ns}`);
-  await writeFile(wrapper, `#!/bin/sh\nexec ip netns exec '${pod.ns}' '${process.execPath}' "$@"\n`);
-  await chmod(wrapper, 0o755);
-  const nodePath = process.execPath;
-  let starting: Promise<Sidecar>;
-  process.execPath = wrapper;
-  try {
-    starting = startSidecar(args, options);
-  } finally {
-    process.execPath = nodePath;
-  }
-  const sidecar = await starting;
-  if ((sidecar.child as ChildProcess & { spawnfile: string }).spawnfile !== wrapper) {
-    await sidecar.stop();
-    throw new Error('startSidecar no longer spawns synchronously; startSidecarInPod needs another way into the pod');
-  }
-  return sidecar;
+/** `startSidecar` with the process inside the pod (`ip netns exec` execs node, so signals reach it). */
+export function startSidecarInPod(pod: Pod, args: string[], options: Omit<StartSidecarOptions, 'launcher'> = {}): Promise<Sidecar> {
+  return startSidecar(args, { ...options, launcher: ['ip', 'netns', 'exec', pod.ns] });
 }
 
 /** What the echo app in a pod reports for each request it receives. */

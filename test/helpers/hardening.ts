@@ -1,155 +1,12 @@
-// Helpers for the hardening tests: a raw TLS client that writes exact bytes and reads the raw
-// answer, scripted apps (node http and raw TCP) that misbehave on purpose, and process resource
-// probes (open file descriptors, RSS) read from /proc.
+// Helpers for the hardening tests: scripted apps (node http and raw TCP) that misbehave on purpose,
+// a WebSocket app, and process resource probes (open file descriptors, RSS) read from /proc. The
+// raw TLS/TCP client that writes exact bytes is in raw.ts.
 import { createHash, randomBytes } from 'node:crypto';
-import { once } from 'node:events';
 import { readdir, readFile } from 'node:fs/promises';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { connect as netConnect, createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
-import { connect as tlsConnect, type TLSSocket } from 'node:tls';
-import type { Leaf } from './pki.js';
-import type { Address, LogLine, Sidecar } from './sidecar.js';
-
-export interface RawExchange {
-  /** Every byte the server sent, as latin1 text (status lines and headers are ASCII). */
-  text: string;
-  /** Whether the server closed (or reset) the connection before `timeoutMs`. */
-  closedByServer: boolean;
-  elapsedMs: number;
-}
-
-export interface RawTlsOptions {
-  address: Address;
-  /** Client certificate chain and key (the peer identity). */
-  leaf: Pick<Leaf, 'chainPem' | 'keyPem'>;
-  ca: string;
-}
-
-/** An open mTLS connection to the inbound listener; `write` sends exact bytes. */
-export function openTls(options: RawTlsOptions): Promise<TLSSocket> {
-  return new Promise((resolve, reject) => {
-    const socket = tlsConnect({
-      host: options.address.host,
-      port: options.address.port,
-      cert: options.leaf.chainPem,
-      key: options.leaf.keyPem,
-      ca: options.ca,
-      servername: 'localhost',
-    });
-    socket.once('secureConnect', () => {
-      socket.off('error', reject);
-      resolve(socket);
-    });
-    socket.once('error', reject);
-  });
-}
-
-/**
- * Reads from `socket` until the server closes it, `until` says the text is complete, or
- * `timeoutMs` passes (then the socket is destroyed by us and `closedByServer` is false).
- */
-export function readRaw(socket: Socket, options: { timeoutMs?: number; until?: (text: string) => boolean } = {}): Promise<RawExchange> {
-  const started = Date.now();
-  return new Promise((resolve) => {
-    let text = '';
-    let done = false;
-    const finish = (closedByServer: boolean) => {
-      if (done) return;
-      done = true;
-      clearTimeout(timer);
-      if (!closedByServer) socket.destroy();
-      resolve({ text, closedByServer, elapsedMs: Date.now() - started });
-    };
-    const timer = setTimeout(() => finish(false), options.timeoutMs ?? 5000);
-    socket.on('data', (chunk: Buffer) => {
-      text += chunk.toString('latin1');
-      if (options.until?.(text)) finish(false);
-    });
-    socket.on('error', () => finish(true));
-    socket.on('close', () => finish(true));
-    socket.on('end', () => finish(true));
-  });
-}
-
-/** One connection: write `bytes` exactly, then read the raw answer until close or `timeoutMs`. */
-export async function rawTlsExchange(options: RawTlsOptions & { bytes: string | Buffer; timeoutMs?: number; until?: (text: string) => boolean }): Promise<RawExchange> {
-  const socket = await openTls(options);
-  const reading = readRaw(socket, options);
-  socket.write(options.bytes);
-  return reading;
-}
-
-/** The same over plain TCP (outbound listeners). */
-export async function rawTcpExchange(options: { address: Address; bytes: string | Buffer; timeoutMs?: number; until?: (text: string) => boolean }): Promise<RawExchange> {
-  const socket = netConnect({ host: options.address.host, port: options.address.port });
-  await once(socket, 'connect');
-  const reading = readRaw(socket, options);
-  socket.write(options.bytes);
-  return reading;
-}
-
-export interface RawResponse {
-  status: number;
-  /** Header names lowercased; repeated headers joined with ", ". */
-  headers: Record<string, string>;
-  /** Header names exactly as sent, in order. */
-  headerNames: string[];
-  body: string;
-  /** Bytes after this response (a following pipelined response). */
-  rest: string;
-}
-
-/**
- * Parses responses from a raw byte stream (Content-Length, chunked, or read-to-close bodies).
- * 1xx interim responses are returned like any other.
- */
-export function parseResponses(text: string): RawResponse[] {
-  const responses: RawResponse[] = [];
-  let rest = text;
-  while (rest.length > 0) {
-    const end = rest.indexOf('\r\n\r\n');
-    if (end < 0) break;
-    const [statusLine, ...lines] = rest.slice(0, end).split('\r\n');
-    const status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(statusLine ?? '')?.[1] ?? 0);
-    const headers: Record<string, string> = {};
-    const headerNames: string[] = [];
-    for (const line of lines) {
-      const colon = line.indexOf(':');
-      const name = line.slice(0, colon).trim();
-      headerNames.push(name);
-      const key = name.toLowerCase();
-      const value = line.slice(colon + 1).trim();
-      headers[key] = headers[key] === undefined ? value : `${headers[key]}, ${value}`;
-    }
-    rest = rest.slice(end + 4);
-    let body = '';
-    if (status >= 100 && status < 200) {
-      body = '';
-    } else if (headers['content-length'] !== undefined) {
-      const length = Number(headers['content-length']);
-      body = rest.slice(0, length);
-      rest = rest.slice(length);
-    } else if (/chunked/i.test(headers['transfer-encoding'] ?? '')) {
-      for (;;) {
-        const lineEnd = rest.indexOf('\r\n');
-        if (lineEnd < 0) break;
-        const size = parseInt(rest.slice(0, lineEnd), 16);
-        rest = rest.slice(lineEnd + 2);
-        if (!size) {
-          rest = rest.slice(rest.indexOf('\r\n') + 2);
-          break;
-        }
-        body += rest.slice(0, size);
-        rest = rest.slice(size + 2);
-      }
-    } else {
-      body = rest;
-      rest = '';
-    }
-    responses.push({ status, headers, headerNames, body, rest });
-  }
-  return responses;
-}
+import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
+import { closeServer, listenLoopback } from './apps.js';
+import type { LogLine, Sidecar } from './sidecar.js';
 
 export interface ScriptedApp {
   readonly url: string;
@@ -173,19 +30,13 @@ export async function startScriptedApp(handler: (request: IncomingMessage, respo
     sockets.add(socket);
     socket.once('close', () => sockets.delete(socket));
   });
-  server.listen({ port: 0, host: '127.0.0.1' });
-  await once(server, 'listening');
-  const port = (server.address() as AddressInfo).port;
+  const port = await listenLoopback(server);
   return {
     url: `http://127.0.0.1:${port}`,
     port,
     requests,
     openSockets: () => sockets.size,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeAllConnections();
-      }),
+    close: () => closeServer(server),
   };
 }
 
@@ -217,9 +68,7 @@ export async function startRawApp(onData: (socket: Socket, received: string) => 
       onData(socket, received[index]!);
     });
   });
-  server.listen({ port: 0, host: '127.0.0.1' });
-  await once(server, 'listening');
-  const port = (server.address() as AddressInfo).port;
+  const port = await listenLoopback(server);
   return {
     url: `http://127.0.0.1:${port}`,
     port,
@@ -356,9 +205,7 @@ export async function startWebsocketApp(): Promise<WebsocketApp> {
       for (const text of texts) socket.write(websocketFrame(`echo:${text}`, false));
     });
   });
-  server.listen({ port: 0, host: '127.0.0.1' });
-  await once(server, 'listening');
-  const port = (server.address() as AddressInfo).port;
+  const port = await listenLoopback(server);
   return {
     url: `http://127.0.0.1:${port}`,
     openSockets: () => live.size,

@@ -4,12 +4,12 @@
 // source port (so a "TLS handshake failed" line can be matched to the exact connection), and what
 // the openssl CLI says about a certificate's validity.
 import { spawn } from 'node:child_process';
-import { once } from 'node:events';
-import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
-import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
-import { connect as netConnect, type AddressInfo } from 'node:net';
+import { createServer as createHttpServer } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import { connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect, type SecureVersion } from 'node:tls';
 import parsePrometheusTextFormat, { type PrometheusFamily } from 'parse-prometheus-text-format';
+import { closeServer, listenLoopback } from './apps.js';
 import { plainRequest, runCommand } from './clients.js';
 import { openssl } from './pki.js';
 import type { Address, LogLine, Sidecar } from './sidecar.js';
@@ -62,25 +62,12 @@ function hangingHandler(received: string[]) {
   };
 }
 
-async function listenLoopback(server: HttpServer | HttpsServer): Promise<number> {
-  server.listen({ port: 0, host: '127.0.0.1' });
-  await once(server, 'listening');
-  return (server.address() as AddressInfo).port;
-}
-
-function closeHanging(server: HttpServer | HttpsServer): Promise<void> {
-  return new Promise((resolve) => {
-    server.close(() => resolve());
-    server.closeAllConnections();
-  });
-}
-
 /** A plain HTTP app that accepts requests and never answers them. */
 export async function startHangingApp(): Promise<HangingServer> {
   const received: string[] = [];
   const server = createHttpServer(hangingHandler(received));
   const port = await listenLoopback(server);
-  return { port, received, close: () => closeHanging(server) };
+  return { port, received, close: () => closeServer(server) };
 }
 
 /** An HTTPS upstream that completes the handshake, reads the request and never answers. */
@@ -88,7 +75,7 @@ export async function startHangingTlsServer(options: { certPem: string; keyPem: 
   const received: string[] = [];
   const server = createHttpsServer({ cert: options.certPem, key: options.keyPem }, hangingHandler(received));
   const port = await listenLoopback(server);
-  return { port, received, close: () => closeHanging(server) };
+  return { port, received, close: () => closeServer(server) };
 }
 
 export interface ClientCertCheckingServer {
@@ -117,7 +104,7 @@ export async function startClientCertCheckingServer(options: { certPem: string; 
   );
   server.on('tlsClientError', (error) => handshakeErrors.push(error.message));
   const port = await listenLoopback(server);
-  return { port, received, handshakeErrors, close: () => closeHanging(server) };
+  return { port, received, handshakeErrors, close: () => closeServer(server) };
 }
 
 // ---- a TLS client that knows its own address ----
@@ -138,33 +125,49 @@ export interface TlsAttempt {
  * the server closes. Never rejects: the outcome is described.
  */
 export function tlsAttempt(options: Address & { ca: string; cert?: string; key?: string; timeoutMs?: number }): Promise<TlsAttempt> {
+  const outcome: TlsAttempt = { localPort: undefined, handshakeCompleted: false, error: undefined, response: '' };
+  const socket = tlsConnect({
+    host: options.host,
+    port: options.port,
+    ca: options.ca,
+    cert: options.cert,
+    key: options.key,
+    servername: 'localhost',
+    rejectUnauthorized: true,
+  });
+  socket.once('secureConnect', () => {
+    outcome.handshakeCompleted = true;
+  });
+  return observeAttempt(socket, outcome, {
+    sendOn: 'secureConnect',
+    request: 'GET /handshake-attempt HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n',
+    timeoutMs: options.timeoutMs ?? 5000,
+  });
+}
+
+/**
+ * Records the source port once connected, writes `request` on `sendOn` and collects the answer
+ * until the server closes, an error (kept as its code) or `timeoutMs`. Never rejects.
+ */
+function observeAttempt<Outcome extends { localPort: number | undefined; response: string; error: string | undefined }>(
+  socket: Socket,
+  outcome: Outcome,
+  options: { sendOn: 'connect' | 'secureConnect'; request: string; timeoutMs: number },
+): Promise<Outcome> {
   return new Promise((resolve) => {
-    const outcome: TlsAttempt = { localPort: undefined, handshakeCompleted: false, error: undefined, response: '' };
-    const socket = tlsConnect({
-      host: options.host,
-      port: options.port,
-      ca: options.ca,
-      cert: options.cert,
-      key: options.key,
-      servername: 'localhost',
-      rejectUnauthorized: true,
-    });
     const done = () => {
       clearTimeout(timer);
       socket.destroy();
       resolve(outcome);
     };
     const timer = setTimeout(() => {
-      outcome.error ??= `no outcome within ${options.timeoutMs ?? 5000} ms`;
+      outcome.error ??= `no outcome within ${options.timeoutMs} ms`;
       done();
-    }, options.timeoutMs ?? 5000);
+    }, options.timeoutMs);
     socket.once('connect', () => {
       outcome.localPort = socket.localPort;
     });
-    socket.once('secureConnect', () => {
-      outcome.handshakeCompleted = true;
-      socket.write(`GET /handshake-attempt HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n`);
-    });
+    socket.once(options.sendOn, () => socket.write(options.request));
     socket.on('data', (chunk: Buffer) => {
       outcome.response += chunk.toString('utf8');
     });
@@ -240,30 +243,10 @@ export async function opensslTls11Attempt(address: Address): Promise<{ output: s
 
 /** Plain HTTP sent to a (TLS) port; reports the source port and whatever came back. */
 export function plaintextAttempt(address: Address, timeoutMs = 5000): Promise<{ localPort: number | undefined; response: string; error: string | undefined }> {
-  return new Promise((resolve) => {
-    const outcome = { localPort: undefined as number | undefined, response: '', error: undefined as string | undefined };
-    const socket = netConnect({ host: address.host, port: address.port });
-    const done = () => {
-      clearTimeout(timer);
-      socket.destroy();
-      resolve(outcome);
-    };
-    const timer = setTimeout(() => {
-      outcome.error ??= `no outcome within ${timeoutMs} ms`;
-      done();
-    }, timeoutMs);
-    socket.once('connect', () => {
-      outcome.localPort = socket.localPort;
-      socket.write('GET /plaintext-attempt HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n');
-    });
-    socket.on('data', (chunk: Buffer) => {
-      outcome.response += chunk.toString('utf8');
-    });
-    socket.once('error', (error: NodeJS.ErrnoException) => {
-      outcome.error ??= error.code ?? error.message;
-      done();
-    });
-    socket.once('close', done);
+  return observeAttempt(netConnect({ host: address.host, port: address.port }), { localPort: undefined, response: '', error: undefined }, {
+    sendOn: 'connect',
+    request: 'GET /plaintext-attempt HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n',
+    timeoutMs,
   });
 }
 

@@ -250,27 +250,19 @@ const CA_EXTENSIONS = [
 ].join('\n');
 
 /** A self-signed root CA, valid from 30 days ago (so back-dated leaves still nest inside it). */
-export async function makeRootCA(options: CaOptions): Promise<CertificateAuthority> {
-  const keyType = options.keyType ?? 'ec';
-  const dir = await freshDir(`ca-${options.cn}`);
-  const keyPath = join(dir, 'key.pem');
-  await generateKey(keyPath, keyType);
-  const certPem = await signWithOpensslCa({
-    dir,
-    subject: `/O=mtls-sidecar tests/CN=${options.cn}`,
-    keyPath,
-    extensions: CA_EXTENSIONS,
-    notBefore: new Date(Date.now() - 30 * DAY_MS),
-    notAfter: new Date(Date.now() + (options.days ?? 3650) * DAY_MS),
-  });
-  const issued = await finish(dir, keyPath, certPem, keyType);
-  return { ...issued, chainPem: certPem, rootPem: certPem };
+export function makeRootCA(options: CaOptions): Promise<CertificateAuthority> {
+  return makeCA(options, { dirPrefix: 'ca', backdateDays: 30, defaultDays: 3650 });
 }
 
 /** An intermediate CA signed by `parent`. */
-export async function makeIntermediate(parent: CertificateAuthority, options: CaOptions): Promise<CertificateAuthority> {
+export function makeIntermediate(parent: CertificateAuthority, options: CaOptions): Promise<CertificateAuthority> {
+  return makeCA(options, { dirPrefix: 'int', backdateDays: 29, defaultDays: 1825, parent });
+}
+
+/** A CA certificate signed by `parent`, or self-signed without one. */
+async function makeCA(options: CaOptions, kind: { dirPrefix: string; backdateDays: number; defaultDays: number; parent?: CertificateAuthority }): Promise<CertificateAuthority> {
   const keyType = options.keyType ?? 'ec';
-  const dir = await freshDir(`int-${options.cn}`);
+  const dir = await freshDir(`${kind.dirPrefix}-${options.cn}`);
   const keyPath = join(dir, 'key.pem');
   await generateKey(keyPath, keyType);
   const certPem = await signWithOpensslCa({
@@ -278,12 +270,14 @@ export async function makeIntermediate(parent: CertificateAuthority, options: Ca
     subject: `/O=mtls-sidecar tests/CN=${options.cn}`,
     keyPath,
     extensions: CA_EXTENSIONS,
-    notBefore: new Date(Date.now() - 29 * DAY_MS),
-    notAfter: new Date(Date.now() + (options.days ?? 1825) * DAY_MS),
-    issuer: parent,
+    notBefore: new Date(Date.now() - kind.backdateDays * DAY_MS),
+    notAfter: new Date(Date.now() + (options.days ?? kind.defaultDays) * DAY_MS),
+    issuer: kind.parent,
   });
   const issued = await finish(dir, keyPath, certPem, keyType);
-  return { ...issued, chainPem: certPem + parent.chainPem, rootPem: parent.rootPem };
+  return kind.parent
+    ? { ...issued, chainPem: certPem + kind.parent.chainPem, rootPem: kind.parent.rootPem }
+    : { ...issued, chainPem: certPem, rootPem: certPem };
 }
 
 export interface Leaf extends Issued {

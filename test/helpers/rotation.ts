@@ -1,14 +1,12 @@
 // Helpers for certificate-rotation tests: what a peer sees (served serial per handshake), what an
 // upstream sees through the forward proxy, the writers that rotate a cert directory, and a sidecar
 // started where inotify is unavailable.
-import { execFile } from 'node:child_process';
-import { open, rename, writeFile, chmod } from 'node:fs/promises';
+import { open, rename, writeFile } from 'node:fs/promises';
 import { request as httpsRequest } from 'node:https';
-import { join } from 'node:path';
 import type { TLSSocket } from 'node:tls';
 import type { TlsServerReply } from './apps.js';
-import { plainRequest, proxyRequest } from './clients.js';
-import { normalizeSerial, scratchDir } from './pki.js';
+import { plainRequest, proxyRequest, runCommand } from './clients.js';
+import { normalizeSerial } from './pki.js';
 import { startSidecar, type Address, type LogLine, type Sidecar } from './sidecar.js';
 
 export interface PeerCredentials {
@@ -189,58 +187,35 @@ export async function metricValue(admin: Address, name: string, labels: Record<s
 
 // ---- a sidecar whose directory watch cannot work ----
 
-function succeeds(file: string, args: string[]): Promise<boolean> {
-  return new Promise((resolve) => execFile(file, args, { timeout: 5000 }, (error) => resolve(!error)));
-}
-
-let launcher: Promise<string | undefined> | undefined;
-
 /**
- * A launcher that runs node in its own user namespace with the inotify instance limit of that
- * namespace set to 0 (`/proc/sys/user/max_inotify_instances`), so `fs.watch` fails with EMFILE,
- * as on a node whose inotify instances are exhausted. Only that process is affected: the limit is
- * per user namespace. Undefined when unprivileged user namespaces are not available here.
+ * A `startSidecar` launcher that runs node in its own user namespace with the inotify instance
+ * limit of that namespace set to 0 (`/proc/sys/user/max_inotify_instances`), so `fs.watch` fails
+ * with EMFILE, as on a node whose inotify instances are exhausted. Only that process is affected:
+ * the limit is per user namespace. unshare and sh exec, so the pid is node's and signals reach it.
  */
-function inotifyLessLauncher(): Promise<string | undefined> {
-  launcher ??= (async () => {
-    const check = "try { require('fs').watch('.'); process.exit(1) } catch (e) { process.exit(e.code === 'EMFILE' ? 0 : 1) }";
-    const probe = 'echo 0 > /proc/sys/user/max_inotify_instances && exec "$0" -e "$1"';
-    if (!(await succeeds('unshare', ['--user', '--map-root-user', 'sh', '-c', probe, process.execPath, check]))) return undefined;
-    const path = join(await scratchDir(), 'node-without-inotify.sh');
-    const script = [
-      '#!/bin/sh',
-      `exec unshare --user --map-root-user sh -c 'echo 0 > /proc/sys/user/max_inotify_instances && exec "$0" "$@"' '${process.execPath}' "$@"`,
-      '',
-    ].join('\n');
-    await writeFile(path, script);
-    await chmod(path, 0o755);
-    return path;
-  })();
-  return launcher;
+const INOTIFY_LESS_LAUNCHER = ['unshare', '--user', '--map-root-user', 'sh', '-c', 'echo 0 > /proc/sys/user/max_inotify_instances && exec "$@"', 'node-without-inotify'];
+
+let usable: Promise<boolean> | undefined;
+
+/** Whether the launcher works here (unprivileged user namespaces) and really takes inotify away. */
+function inotifyLessLauncherWorks(): Promise<boolean> {
+  const check = "try { require('fs').watch('.'); process.exit(1) } catch (e) { process.exit(e.code === 'EMFILE' ? 0 : 1) }";
+  const [file, ...args] = [...INOTIFY_LESS_LAUNCHER, process.execPath, '-e', check];
+  usable ??= runCommand(file!, args, { timeoutMs: 5000 }).then((result) => result.code === 0);
+  return usable;
 }
 
 /** Why `startSidecarWithoutInotify` cannot run here, or undefined when it can. */
 export async function inotifyLessUnavailable(): Promise<string | undefined> {
-  return (await inotifyLessLauncher()) ? undefined : 'unshare --user with a writable /proc/sys/user/max_inotify_instances is not available on this machine';
+  return (await inotifyLessLauncherWorks()) ? undefined : 'unshare --user with a writable /proc/sys/user/max_inotify_instances is not available on this machine';
 }
 
 /**
- * startSidecar, but the process cannot use inotify (see inotifyLessLauncher): the directory watch
- * fails, so only the poll and SIGHUP can notice a change. The pid is node's own (exec all the way),
- * so signals reach the sidecar.
+ * startSidecar, but the process cannot use inotify (see INOTIFY_LESS_LAUNCHER): the directory
+ * watch fails, so only the poll and SIGHUP can notice a change.
  */
 export async function startSidecarWithoutInotify(args: string[]): Promise<Sidecar> {
-  const path = await inotifyLessLauncher();
-  if (!path) throw new Error((await inotifyLessUnavailable()) ?? 'no launcher');
-  // startSidecar spawns `process.execPath` synchronously before its first await; swap it only for
-  // that call. (A `launcher` option on startSidecar would make this unnecessary.)
-  const original = process.execPath;
-  process.execPath = path;
-  let started: Promise<Sidecar>;
-  try {
-    started = startSidecar(args);
-  } finally {
-    process.execPath = original;
-  }
-  return started;
+  const unavailable = await inotifyLessUnavailable();
+  if (unavailable) throw new Error(unavailable);
+  return startSidecar(args, { launcher: INOTIFY_LESS_LAUNCHER });
 }

@@ -89,18 +89,29 @@ const LISTENER_DEFAULTS: ReadonlyArray<[flag: string, env: string]> = [
   ['--admin', 'SIDECAR_ADMIN'],
 ];
 
+export interface StartSidecarOptions {
+  env?: Record<string, string>;
+  readyTimeoutMs?: number;
+  /**
+   * A command prefix that runs node somewhere else, e.g. `['ip', 'netns', 'exec', ns]`. It must
+   * exec node (not fork it), so the child's pid is node's and signals reach the sidecar.
+   */
+  launcher?: string[];
+}
+
 /**
- * Spawns `node dist/cli.js run ...args` and resolves once it logs "sidecar ready". Listeners not
- * given by flag or env default to 127.0.0.1:0. Rejects with the collected output when the process
- * exits first or is not ready within `readyTimeoutMs`.
+ * Spawns `node dist/cli.js run ...args` (behind `launcher` when given) and resolves once it logs
+ * "sidecar ready". Listeners not given by flag or env default to 127.0.0.1:0. Rejects with the
+ * collected output when the process exits first or is not ready within `readyTimeoutMs`.
  */
-export async function startSidecar(args: string[], options: { env?: Record<string, string>; readyTimeoutMs?: number } = {}): Promise<Sidecar> {
+export async function startSidecar(args: string[], options: StartSidecarOptions = {}): Promise<Sidecar> {
   const fullArgs = [...args];
   for (const [flag, envName] of LISTENER_DEFAULTS) {
     const given = args.some((arg) => arg === flag || arg.startsWith(`${flag}=`)) || options.env?.[envName] !== undefined;
     if (!given) fullArgs.push(flag, '127.0.0.1:0');
   }
-  const child = spawn(process.execPath, [CLI_PATH, 'run', ...fullArgs], { cwd: REPO_ROOT, env: childEnv(options.env), stdio: ['ignore', 'pipe', 'pipe'] });
+  const [file, ...argv] = [...(options.launcher ?? []), process.execPath, CLI_PATH, 'run', ...fullArgs];
+  const child = spawn(file!, argv, { cwd: REPO_ROOT, env: childEnv(options.env), stdio: ['ignore', 'pipe', 'pipe'] });
   liveChildren.add(child);
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
     child.once('exit', (code, signal) => {
@@ -143,7 +154,7 @@ export async function startSidecar(args: string[], options: { env?: Record<strin
     stderrText += chunk;
   });
 
-  const output = () => `command: node dist/cli.js run ${fullArgs.join(' ')}\n${raw}`;
+  const output = () => `command: ${[...(options.launcher ?? []), 'node dist/cli.js run', ...fullArgs].join(' ')}\n${raw}`;
 
   const waitForLog = (predicate: (line: LogLine) => boolean, timeoutMs = 15000): Promise<LogLine> => {
     const seen = lines.find(predicate);

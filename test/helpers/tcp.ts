@@ -3,8 +3,9 @@
 // with half-close, reading everything until the far side's FIN (or a reset).
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { connect as netConnect, createServer, type AddressInfo, type Socket } from 'node:net';
+import { connect as netConnect, createServer, type Socket } from 'node:net';
 import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
+import { listenLoopback } from './apps.js';
 import type { Leaf } from './pki.js';
 import type { Address } from './sidecar.js';
 
@@ -102,9 +103,7 @@ export async function startTcpApp(): Promise<TcpApp> {
       if (rest.length > 0) receive(rest);
     });
   });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const port = (server.address() as AddressInfo).port;
+  const port = await listenLoopback(server);
   return {
     port,
     url: `tcp://127.0.0.1:${port}`,
