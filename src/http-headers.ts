@@ -5,11 +5,12 @@
 import type { IncomingHttpHeaders } from 'node:http';
 
 /**
- * `transfer-encoding` is deliberately absent: Node's server has already validated the framing, and
- * Node's client re-frames the body only while the header is present. Dropping it would send a
- * chunked body unframed (e.g. on a GET), and the app would parse the body as a second request.
+ * `transfer-encoding` is not in this list: the forwarder decides a request body's framing from it
+ * (a chunked body without it would reach the app unframed, e.g. on a GET, and be parsed as a
+ * second request) before removing it; responses drop it in `responseHeaders`.
  */
 const hopByHop = ['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'proxy-authorization', 'proxy-authenticate'];
+const responseHopByHop = new Set([...hopByHop, 'transfer-encoding']);
 
 /** Identity headers only the sidecar may set on inbound requests. */
 export const identityHeaders = ['x-forwarded-client-cert', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port', 'forwarded'];
@@ -34,4 +35,27 @@ export function stripHopByHop(headers: IncomingHttpHeaders, keepUpgrade = false)
 
 export function stripIdentityHeaders(headers: IncomingHttpHeaders): void {
   for (const name of identityHeaders) delete headers[name];
+}
+
+/** Headers as the flat `[name, value, …]` list `writeHead` takes, optionally filtered by name. */
+export function flatHeaders(headers: IncomingHttpHeaders, keep: (name: string) => boolean = () => true): string[] {
+  const flat: string[] = [];
+  for (const name in headers) {
+    if (!keep(name)) continue;
+    const value = headers[name];
+    if (Array.isArray(value)) for (const item of value) flat.push(name, item);
+    else if (value !== undefined) flat.push(name, value);
+  }
+  return flat;
+}
+
+/**
+ * A response's headers without hop-by-hop headers or any header its `Connection` names. The client
+ * hop gets its own framing and `Connection` from Node's server (which knows about drains and
+ * --max-connection-age).
+ */
+export function responseHeaders(headers: IncomingHttpHeaders): string[] {
+  const connection = headers.connection;
+  const named = connection ? new Set(String(connection).split(',').map((token) => token.trim().toLowerCase())) : undefined;
+  return flatHeaders(headers, (name) => !responseHopByHop.has(name) && !named?.has(name));
 }

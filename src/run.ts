@@ -132,6 +132,8 @@ export async function runSidecar(config: Config, logger: Logger): Promise<Runnin
     if (draining) return;
     draining = true;
     const drainMs = config.timeouts.drainMs;
+    const finished = Promise.all([inbound?.close(), outbound.close(), tcpUpstreams?.close()]);
+    // Logged once the listeners have stopped accepting, so the line is true when it is read.
     logger.info({ signal, drainTimeoutMs: drainMs }, 'draining: no new connections, finishing in-flight requests');
     store.stop();
     process.off('SIGHUP', onHangup);
@@ -140,7 +142,6 @@ export async function runSidecar(config: Config, logger: Logger): Promise<Runnin
       inbound?.closeIdleConnections();
       outbound.closeIdleConnections();
     }, 100);
-    const finished = Promise.all([inbound?.close(), outbound.close(), tcpUpstreams?.close()]);
     const deadline = new Promise<'timeout'>((resolve) => setTimeout(() => resolve('timeout'), drainMs).unref());
     void Promise.race([finished.then(() => 'done' as const), deadline]).then(async (outcome) => {
       clearInterval(idleSweep);

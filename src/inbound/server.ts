@@ -8,24 +8,26 @@
  * server (a TLS handshake record) or to a plaintext HTTP server; a presented certificate that fails
  * verification is still refused.
  */
-import { Agent as HttpAgent, createServer as createHttpServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
+import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
-import type { ProxyTarget } from 'http-proxy-3';
 import type { AppTarget, Config } from '../config.js';
 import { ConnectionAge } from '../connection-age.js';
+import { appConnector } from '../connector.js';
 import { appErrors } from '../errors.js';
-import { Forwarder, classifyAppError, clientErrorHandler, httpServerOptions, type ForwardOptions } from '../forward.js';
+import { Forwarder, classifyAppError, clientErrorHandler, clientOptions, httpServerOptions, type ForwardOptions } from '../forward.js';
 import { stripHopByHop, stripIdentityHeaders } from '../http-headers.js';
 import { listenOn, trackConnections, type BoundAddress } from '../listen.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
+import { ConnectionPool } from '../pool.js';
 import type { PeerTls } from './peer-tls.js';
 import { formatXfcc } from './xfcc.js';
 
-export function appProxyTarget(app: AppTarget): ProxyTarget {
-  if (app.kind === 'unix') return { socketPath: app.path, host: 'localhost', port: 80 };
-  return new URL(`http://${app.host.includes(':') ? `[${app.host}]` : app.host}:${app.port}`);
+/** The origin requests to the app are addressed to (a unix socket app is `http://localhost`). */
+export function appOrigin(app: AppTarget): string {
+  if (app.kind === 'unix') return 'http://localhost';
+  return `http://${app.host.includes(':') ? `[${app.host}]` : app.host}:${app.port}`;
 }
 
 /** Free pooled connections to the app close before a typical app keep-alive timeout (5 s) ends them under us. */
@@ -40,8 +42,7 @@ export class InboundListener {
   readonly #metrics: Metrics;
   readonly #peerTls: PeerTls;
   readonly #forwarder: Forwarder;
-  readonly #appAgent: HttpAgent;
-  readonly #appTarget: ProxyTarget;
+  readonly #appPool: ConnectionPool;
   readonly #connectionAge: ConnectionAge;
   readonly #clientError: ReturnType<typeof clientErrorHandler>;
 
@@ -52,13 +53,13 @@ export class InboundListener {
     this.#peerTls = peerTls;
     this.#connectionAge = new ConnectionAge(config.maxConnectionAgeMs);
     this.#clientError = clientErrorHandler('inbound', logger, metrics);
-    this.#appTarget = appProxyTarget(config.app);
-    this.#appAgent = new HttpAgent({
-      keepAlive: true,
-      maxFreeSockets: 256,
-      scheduling: 'lifo',
-      noDelay: true,
-      timeout: Math.min(appFreeSocketTimeoutMs, config.timeouts.idleMs || appFreeSocketTimeoutMs),
+    this.#appPool = new ConnectionPool(appOrigin(config.app), {
+      client: clientOptions(appConnector(config.app, config.timeouts.connectMs), {
+        maxHeaderSize: config.maxHeaderSize,
+        keepAliveMs: Math.min(appFreeSocketTimeoutMs, config.timeouts.idleMs || appFreeSocketTimeoutMs),
+      }),
+      maxConnectionAgeMs: 0,
+      onClientError: (error) => logger.error({ direction: 'inbound', reason: error.message }, 'connection pool error'),
     });
     this.#forwarder = new Forwarder({ direction: 'inbound', timeouts: config.timeouts, maxHeaderSize: config.maxHeaderSize, classify: classifyAppError, logger, metrics });
 
@@ -95,7 +96,7 @@ export class InboundListener {
     const servers: Array<NetServer | HttpServer> = [this.#https, ...(this.#plain ? [this.#plain] : []), ...(this.#front ? [this.#front] : [])];
     const closing = servers.map((server) => new Promise<void>((resolve) => (server.listening ? server.close(() => resolve()) : resolve())));
     this.closeIdleConnections();
-    return Promise.all(closing).then(() => this.#appAgent.destroy());
+    return Promise.all(closing).then(() => this.#appPool.destroy());
   }
 
   /** Counts connections still open (for the drain report). */
@@ -145,7 +146,7 @@ export class InboundListener {
       headers['x-forwarded-proto'] = 'https';
       headers['x-forwarded-for'] = address;
     }
-    return { target: this.#appTarget, agent: this.#appAgent, changeOrigin: false, peer: label, logFields: { tls: security.tls } };
+    return { pool: this.#appPool, host: undefined, peer: label, logFields: { tls: security.tls } };
   }
 
   #onRequest(req: IncomingMessage, res: ServerResponse): void {

@@ -1,18 +1,21 @@
 /**
- * TLS origination: keep-alive HTTPS agents that present our certificate, verify the upstream chain
- * against our bundle, its name against DNS/IP SANs, and (when asked) its SPIFFE identity.
+ * TLS origination: connection pools per upstream that present our certificate, verify the
+ * upstream chain against our bundle, its name against DNS/IP SANs, and (when asked) its SPIFFE
+ * identity.
  *
- * Agents belong to one certificate generation. On rotation new agents are built; the old ones stop
- * pooling: idle connections close now, busy ones close when their request finishes.
+ * Pools belong to one certificate generation. On rotation new pools are built; the old ones are
+ * retired: idle connections close now, busy ones once their request finishes. With
+ * --max-connection-age a pooled connection past that age is closed when its request ends.
  */
-import { Agent as HttpsAgent } from 'node:https';
 import { checkServerIdentity as defaultCheckServerIdentity, type PeerCertificate } from 'node:tls';
 import { parseSubjectAltName } from '../certs/identity.js';
 import type { CertStore, GenerationedCertSet } from '../certs/store.js';
 import type { Config } from '../config.js';
+import { upstreamConnector, type Connector } from '../connector.js';
+import { clientOptions } from '../forward.js';
 import type { Logger } from '../log.js';
+import { ConnectionPool } from '../pool.js';
 import { tlsOptionsFor } from '../tls.js';
-import { ConnectionAge } from '../connection-age.js';
 
 export class IdentityMismatchError extends Error {
   readonly code = 'SIDECAR_IDENTITY_MISMATCH';
@@ -38,29 +41,43 @@ export function upstreamIdentityCheck(expectedSpiffe: string | undefined, trustD
 const idleSocketTimeoutMs = 30_000;
 
 export class UpstreamAgents {
-  #agents = new Map<string, HttpsAgent>();
+  /** Pools of the current generation, by expected SPIFFE ID and origin. */
+  #pools = new Map<string, ConnectionPool>();
+  /** One connector per expected SPIFFE ID (and so one TLS session cache), of the current generation. */
+  #connectors = new Map<string, Connector>();
   #set: GenerationedCertSet;
   readonly #config: Config;
   readonly #logger: Logger;
-  readonly #connectionAge: ConnectionAge;
 
   constructor(options: { config: Config; store: CertStore; logger: Logger }) {
     this.#config = options.config;
-    this.#connectionAge = new ConnectionAge(options.config.maxConnectionAgeMs);
     this.#logger = options.logger;
     this.#set = options.store.current!;
     options.store.on('update', (next) => this.#rotate(next));
   }
 
-  /** The agent for upstreams that must present `expectedSpiffe` (or any identity). */
-  agentFor(expectedSpiffe: string | undefined): HttpsAgent {
-    const key = expectedSpiffe ?? '';
-    let agent = this.#agents.get(key);
-    if (!agent) {
-      agent = this.#createAgent(expectedSpiffe);
-      this.#agents.set(key, agent);
+  /** The pool for `origin` (`https://host:port`) whose upstream must present `expectedSpiffe` (or any identity). */
+  poolFor(origin: string, expectedSpiffe: string | undefined): ConnectionPool {
+    const key = `${expectedSpiffe ?? ''} ${origin}`;
+    let pool = this.#pools.get(key);
+    if (!pool) {
+      const pools = this.#pools;
+      const created = new ConnectionPool(origin, {
+        client: clientOptions(this.#connectorFor(expectedSpiffe), {
+          maxHeaderSize: this.#config.maxHeaderSize,
+          keepAliveMs: Math.min(idleSocketTimeoutMs, this.#config.timeouts.idleMs || idleSocketTimeoutMs),
+        }),
+        maxConnectionAgeMs: this.#config.maxConnectionAgeMs,
+        // A forward proxy reaches many hosts: a pool whose connections are all gone is dropped.
+        onEmpty: () => {
+          if (pools.get(key) === created) pools.delete(key);
+        },
+        onClientError: (error) => this.#logger.error({ direction: 'outbound', origin, reason: error.message }, 'connection pool error'),
+      });
+      pool = created;
+      this.#pools.set(key, pool);
     }
-    return agent;
+    return pool;
   }
 
   get generation(): number {
@@ -68,47 +85,36 @@ export class UpstreamAgents {
   }
 
   destroy(): void {
-    for (const agent of this.#agents.values()) agent.destroy();
-    this.#agents.clear();
+    for (const pool of this.#pools.values()) pool.destroy();
+    this.#pools.clear();
   }
 
-  #createAgent(expectedSpiffe: string | undefined): HttpsAgent {
-    const insecure = this.#config.insecureSkipVerify;
-    const agent = new HttpsAgent({
-      ...tlsOptionsFor(this.#set, this.#config.minTls),
-      keepAlive: true,
-      noDelay: true,
-      maxFreeSockets: 256,
-      scheduling: 'lifo',
-      timeout: Math.min(idleSocketTimeoutMs, this.#config.timeouts.idleMs || idleSocketTimeoutMs),
-      rejectUnauthorized: !insecure,
-      checkServerIdentity: insecure ? () => undefined : upstreamIdentityCheck(expectedSpiffe, this.#config.trustDomain),
-    });
-    if (this.#connectionAge.enabled) {
-      // A pooled connection past --max-connection-age is closed when its request ends. Its age
-      // counts from its first return to the pool (the end of its first request).
-      agent.on('free', (socket) => {
-        this.#connectionAge.born(socket);
-        if (this.#connectionAge.expired(socket)) socket.destroy();
-      });
+  #connectorFor(expectedSpiffe: string | undefined): Connector {
+    const key = expectedSpiffe ?? '';
+    let connector = this.#connectors.get(key);
+    if (!connector) {
+      const insecure = this.#config.insecureSkipVerify;
+      const { connectMs, handshakeMs } = this.#config.timeouts;
+      connector = upstreamConnector(
+        {
+          ...tlsOptionsFor(this.#set, this.#config.minTls),
+          rejectUnauthorized: !insecure,
+          checkServerIdentity: insecure ? () => undefined : upstreamIdentityCheck(expectedSpiffe, this.#config.trustDomain),
+        },
+        { connectMs, handshakeMs },
+      );
+      this.#connectors.set(key, connector);
     }
-    return agent;
+    return connector;
   }
 
+  /** New requests get new pools (and connectors) of the new generation; the old pools retire. */
   #rotate(next: GenerationedCertSet): void {
-    const retired = [...this.#agents.values()];
-    this.#agents = new Map();
+    const retired = [...this.#pools.values()];
+    this.#pools = new Map();
+    this.#connectors = new Map();
     this.#set = next;
-    for (const agent of retired) retire(agent);
+    for (const pool of retired) pool.close();
     if (retired.length) this.#logger.debug({ generation: next.generation, retired: retired.length }, 'outbound connection pools rebuilt for the new certificates');
-  }
-}
-
-/** Stops an agent pooling: idle sockets close now, busy ones when their response ends. */
-function retire(agent: HttpsAgent): void {
-  // Node's agent destroys a socket on 'free' instead of pooling it when keepAlive is false.
-  (agent as HttpsAgent & { keepAlive: boolean }).keepAlive = false;
-  for (const sockets of Object.values(agent.freeSockets)) {
-    for (const socket of sockets ?? []) socket.destroy();
   }
 }

@@ -145,9 +145,9 @@ export class OutboundListeners {
   #forwardOptions(upstream: Upstream): ForwardOptions {
     const where = authority(upstream.host, upstream.port);
     return {
-      target: new URL(`https://${where}`),
-      agent: this.#agents.agentFor(upstream.expectedSpiffe),
-      changeOrigin: true,
+      pool: this.#agents.poolFor(`https://${where}`, upstream.expectedSpiffe),
+      // The upstream expects its own name, not the local listener's or the proxy's.
+      host: where,
       peer: 'app',
       logFields: { upstream: where, ...(this.#config.insecureSkipVerify ? { insecureSkipVerify: true } : {}) },
     };
@@ -171,7 +171,7 @@ export class OutboundListeners {
   #onProxyRequest(req: IncomingMessage, res: ServerResponse): void {
     const upstream = this.#upstreamFromProxyRequest(req);
     if (!upstream) {
-      this.#forwarder.sendError(req, res, 'bad_request', `request target ${JSON.stringify(req.url)} is not an absolute http:// URL`);
+      this.#forwarder.sendError(res, 'bad_request', `request target ${JSON.stringify(req.url)} is not an absolute http:// URL`);
       return;
     }
     stripHopByHop(req.headers);

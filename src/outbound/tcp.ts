@@ -94,7 +94,7 @@ export class TcpUpstreamListeners {
       clearTimeout(timer);
       client.destroy();
       if (upstream.bytesRead > 0) return;
-      const { code, tlsReason } = classifyUpstreamError(error, { fresh: true, tlsEstablished: false, responded: false });
+      const { code, tlsReason } = classifyUpstreamError(error, { fresh: true, responded: false });
       if (tlsReason) this.#metrics.handshakeErrors.inc({ direction: 'outbound', reason: tlsReason });
       this.#metrics.upstreamErrors.inc({ direction: 'outbound', error: code });
       this.#metrics.tcpConnections.inc({ direction: 'outbound', result: code });
