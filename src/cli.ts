@@ -192,6 +192,11 @@ export async function main(argv: string[]): Promise<void> {
         const names = unknown[1]!.split(', ').filter((name) => !/[A-Z]/.test(name));
         usageError(`unknown flag ${names.map((name) => (name.length > 1 ? `--${name}` : `-${name}`)).join(', ')} (see --help)`);
       }
+      // yargs reports a value outside `choices` on two lines; say it in ConfigError's one-line form.
+      const invalid = [...(message ?? '').matchAll(/Argument: ([^,]+), Given: (.*), Choices: (.*)/g)];
+      if (invalid.length > 0) {
+        usageError(invalid.map(([, flag, given, choices]) => `--${flag}: ${given} is not valid: ${choices!.split(', ').map((choice) => choice.replace(/^"|"$/g, '')).join(' or ')}`).join('; '));
+      }
       usageError(message ?? 'invalid usage (see --help)');
     });
   await cli.parseAsync();

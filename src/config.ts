@@ -35,6 +35,7 @@ export const runOptions = {
   'allow-ou': { type: 'array', describe: 'allow peers with this subject OU (repeatable)' },
   'trust-domain': { type: 'string', describe: 'peers (both directions) must present a spiffe://<trust-domain>/… URI SAN' },
   protocol: { type: 'string', default: 'http', choices: ['http', 'tcp'], describe: 'http (L7) or tcp (L4: bytes piped)' },
+  'proxy-protocol': { type: 'string', default: 'off', choices: ['off', 'v2'], describe: 'with --protocol tcp: send the app a PROXY protocol v2 header (peer address, TLS and SPIFFE identity) before the peer bytes' },
   'min-tls': { type: 'string', default: '1.2', choices: ['1.2', '1.3'], describe: 'lowest TLS version, both directions' },
   'insecure-skip-verify': { type: 'boolean', default: false, describe: 'outbound only: do NOT verify upstream certificates (dev only)' },
   'reload-interval': { type: 'string', default: '30s', describe: 'poll the cert dir this often in addition to watching it; 0 = watch + SIGHUP only' },
@@ -107,6 +108,7 @@ export interface Config {
   allow: AllowList;
   trustDomain: string | undefined;
   protocol: 'http' | 'tcp';
+  proxyProtocol: 'off' | 'v2';
   minTls: 'TLSv1.2' | 'TLSv1.3';
   insecureSkipVerify: boolean;
   reloadIntervalMs: number;
@@ -244,6 +246,11 @@ export function buildConfig(args: RawRunArgs): Config {
   }
   const mode = String(args.mode ?? 'strict');
   if (mode !== 'strict' && mode !== 'permissive') throw new ConfigError('mode', mode, 'strict or permissive');
+  const proxyProtocol = String(args['proxy-protocol'] ?? 'off');
+  if (proxyProtocol !== 'off' && proxyProtocol !== 'v2') throw new ConfigError('proxy-protocol', proxyProtocol, 'off or v2');
+  if (proxyProtocol === 'v2' && protocol !== 'tcp') {
+    throw new ConfigError('proxy-protocol', proxyProtocol, 'needs --protocol tcp (the header is sent by the TCP-mode inbound listener; in HTTP mode the app gets x-forwarded-client-cert instead)');
+  }
   const minTls = String(args['min-tls'] ?? '1.2');
   if (minTls !== '1.2' && minTls !== '1.3') throw new ConfigError('min-tls', minTls, '1.2 or 1.3');
   const logFormat = String(args['log-format'] ?? 'json');
@@ -287,6 +294,7 @@ export function buildConfig(args: RawRunArgs): Config {
     },
     trustDomain,
     protocol,
+    proxyProtocol,
     minTls: minTls === '1.3' ? 'TLSv1.3' : 'TLSv1.2',
     insecureSkipVerify: args['insecure-skip-verify'] === true,
     reloadIntervalMs: parseDuration('reload-interval', args['reload-interval'] ?? runOptions['reload-interval'].default),

@@ -2,7 +2,8 @@
  * Inbound in TCP mode (--protocol tcp): mutual TLS terminated, the peer checked against the
  * allow-list at the handshake, then bytes piped to a `tcp://` (or unix socket) app. For gRPC,
  * databases and anything else that is not HTTP/1.1; ALPN `h2` and `http/1.1` are advertised so an
- * h2 client (gRPC) keeps speaking h2 end to end.
+ * h2 client (gRPC) keeps speaking h2 end to end. With --proxy-protocol v2 the app first gets a
+ * PROXY protocol v2 header naming the peer (proxy-protocol.ts).
  */
 import { connect, createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
 import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
@@ -12,6 +13,7 @@ import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { pipeBothWays } from '../pipe.js';
 import type { PeerTls } from './peer-tls.js';
+import { encodeProxyHeader, proxyHeaderFor } from './proxy-protocol.js';
 
 export const alpnProtocols = ['h2', 'http/1.1'];
 
@@ -72,17 +74,38 @@ export class TcpInboundListener {
       return;
     }
     const { security, label } = admission;
+    let proxyHeader: Buffer | undefined;
+    if (this.#config.proxyProtocol === 'v2') {
+      try {
+        proxyHeader = encodeProxyHeader(proxyHeaderFor(client, security));
+      } catch (error) {
+        // A header we cannot build (a socket already gone, a certificate with 64 KiB of SANs) must
+        // not become a connection the app sees without one.
+        this.#metrics.tcpConnections.inc({ direction: 'inbound', result: 'error' });
+        this.#logger.warn({ direction: 'inbound', protocol: 'tcp', peer: label, reason: (error as Error).message }, 'PROXY protocol header not sent; connection closed');
+        client.destroy();
+        return;
+      }
+    }
     const app = this.#config.app;
     const upstream = app.kind === 'unix' ? connect({ path: app.path, allowHalfOpen: true }) : connect({ host: app.host, port: app.port, allowHalfOpen: true });
     upstream.setNoDelay(true);
+    // Queued before the pipe starts, so it reaches the app ahead of any byte of the peer's.
+    if (proxyHeader) upstream.write(proxyHeader);
     const connectMs = this.#config.timeouts.connectMs;
     const timer = connectMs > 0 ? setTimeout(() => upstream.destroy(Object.assign(new Error(`connecting took longer than ${connectMs} ms`), { code: 'SIDECAR_TIMEOUT' })), connectMs) : undefined;
     this.#sockets.add(client);
     client.once('close', () => this.#sockets.delete(client));
     if (this.#config.timeouts.idleMs > 0) client.setTimeout(this.#config.timeouts.idleMs, () => client.destroy());
-    upstream.once('connect', () => clearTimeout(timer));
+    let connected = false;
+    upstream.once('connect', () => {
+      connected = true;
+      clearTimeout(timer);
+    });
     upstream.once('error', (error: NodeJS.ErrnoException) => {
-      if (!upstream.connecting && upstream.bytesRead + upstream.bytesWritten > 0) return;
+      // Only a failed connect is reported here; later errors end the pipe and show in its line.
+      // (bytesWritten cannot tell: it counts bytes queued before the connect, such as the header.)
+      if (connected) return;
       clearTimeout(timer);
       const code = error.code === 'SIDECAR_TIMEOUT' ? 'app_timeout' : 'app_refused';
       this.#metrics.upstreamErrors.inc({ direction: 'inbound', error: code });
