@@ -181,9 +181,9 @@ export class ConfigError extends Error {
   }
 }
 
-/** The JSON body (and status) the app sees for an error (SPEC §6). */
-export function appErrorResponse(code: AppErrorCode, detail?: string): { status: number; body: string } {
+/** The JSON body (and status) the app sees for an error (SPEC §6); `extra` adds fields (e.g. the denied peer). */
+export function appErrorResponse(code: AppErrorCode, detail?: string, extra?: Record<string, unknown>): { status: number; body: string } {
   const entry = appErrors[code];
   const message = detail ? `${entry.message}: ${detail}` : entry.message;
-  return { status: entry.status, body: JSON.stringify({ error: code, message, hint: entry.hint }) };
+  return { status: entry.status, body: JSON.stringify({ error: code, message, hint: entry.hint, ...extra }) };
 }

@@ -13,7 +13,8 @@ import type { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
 import type { Client, Dispatcher } from 'undici';
 import { connectionOpenedAt, ForwardTimeout, type Connector } from './connector.js';
-import { appErrorResponse, appErrors, type AppErrorCode } from './errors.js';
+import { appErrors, type AppErrorCode } from './errors.js';
+import { endWithErrorResponse, rawResponseHead, writeErrorResponse } from './error-response.js';
 import { flatHeaders, responseHeaders } from './http-headers.js';
 import type { Timeouts } from './config.js';
 import { RateLimitedLog, type Logger } from './log.js';
@@ -153,7 +154,7 @@ class ProxiedUpgrade implements Dispatcher.DispatchHandler {
       upstream.destroy();
       return;
     }
-    socket.write(rawResponseHead(statusCode, 'Switching Protocols', flatHeaders(headers)));
+    socket.write(rawResponseHead(statusCode, flatHeaders(headers)));
     if (this.#head.length) upstream.write(this.#head);
     pipeBothWays(socket, upstream as Socket, () => undefined);
     this.#onJoined(statusCode);
@@ -163,7 +164,7 @@ class ProxiedUpgrade implements Dispatcher.DispatchHandler {
     if (statusCode < 200) return;
     this.#state.responded = true;
     // Not upgraded: the answer is relayed as is and the connection closes after it.
-    this.#socket.write(rawResponseHead(statusCode, statusMessage ?? '', [...responseHeaders(headers), 'connection', 'close']));
+    this.#socket.write(rawResponseHead(statusCode, [...responseHeaders(headers), 'connection', 'close'], statusMessage));
     this.#onJoined(statusCode);
   }
 
@@ -182,11 +183,6 @@ class ProxiedUpgrade implements Dispatcher.DispatchHandler {
   }
 }
 
-function rawResponseHead(status: number, statusMessage: string, headers: string[]): string {
-  let head = `HTTP/1.1 ${status} ${statusMessage}\r\n`;
-  for (let i = 0; i < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`;
-  return `${head}\r\n`;
-}
 
 /** A request has a body if it declares a length above zero or is chunked (Node's server checked the framing). */
 function hasBody(headers: IncomingHttpHeaders): boolean {
@@ -275,15 +271,17 @@ export class Forwarder {
     state.options.pool.discard(state.connection);
   }
 
+  /** Answers a request the sidecar refuses itself (403 peer_not_allowed), with its access-log line and metric. */
+  refuse(req: IncomingMessage, res: ServerResponse, code: AppErrorCode, detail: string, who: Pick<ForwardOptions, 'peer' | 'logFields'>, extra?: Record<string, unknown>): void {
+    const state = { start: process.hrtime.bigint(), options: who, error: code };
+    res.once('close', () => this.#logRequest(req, res, state));
+    writeErrorResponse(res, code, detail, extra);
+  }
+
   /** Writes a catalog error to the app, or cuts the response if it has already started. */
   sendError(res: ServerResponse, code: AppErrorCode, detail?: string): void {
-    if (res.headersSent) {
-      res.destroy();
-      return;
-    }
-    const { status, body } = appErrorResponse(code, detail);
-    res.writeHead(status, { 'content-type': 'application/json', 'x-sidecar-error': code, 'content-length': Buffer.byteLength(body) });
-    res.end(body);
+    if (res.headersSent) res.destroy();
+    else writeErrorResponse(res, code, detail);
   }
 
   #fail(req: IncomingMessage, res: ServerResponse | Socket, state: RequestState, cause: Error): void {
@@ -300,14 +298,9 @@ export class Forwarder {
       'forwarding failed',
     );
     this.#metrics.upstreamErrors.inc({ direction: this.#direction, error: code });
-    if ('writeHead' in res) {
-      this.sendError(res, code, error.message);
-    } else if (!state.responded && res.writable) {
-      const { status, body } = appErrorResponse(code, error.message);
-      res.end(rawResponseHead(status, status === 504 ? 'Gateway Timeout' : 'Bad Gateway', ['content-type', 'application/json', 'x-sidecar-error', code, 'content-length', String(Buffer.byteLength(body)), 'connection', 'close']) + body);
-    } else {
-      res.destroy();
-    }
+    if ('writeHead' in res) this.sendError(res, code, error.message);
+    else if (!state.responded && res.writable) endWithErrorResponse(res, code, error.message);
+    else res.destroy();
   }
 
   /** undici's errors in the sidecar's words (and errno codes the classifiers know). */
@@ -326,7 +319,7 @@ export class Forwarder {
     }
   }
 
-  #logRequest(req: IncomingMessage, res: ServerResponse, state: RequestState): void {
+  #logRequest(req: IncomingMessage, res: ServerResponse, state: { start: bigint; options: Pick<ForwardOptions, 'peer' | 'logFields'>; error: AppErrorCode | undefined }): void {
     const seconds = Number(process.hrtime.bigint() - state.start) / 1e9;
     const status = res.headersSent ? res.statusCode : 0;
     const completed = res.writableFinished;
@@ -395,19 +388,15 @@ export function clientErrorHandler(direction: Direction, logger: Logger, metrics
       return;
     }
     const code = clientErrorCodes[errno] ?? 'malformed_request';
-    const { status, body } = appErrorResponse(code, error.message);
     const address = (socket as Socket).remoteAddress ?? 'unknown';
-    metrics.requests.inc({ direction, code: String(status) });
+    metrics.requests.inc({ direction, code: String(appErrors[code].status) });
     const suppressed = log.admit(`${address}|${code}`);
     if (suppressed !== undefined) {
       logger.warn({ direction, error: code, reason: error.message, errno, peer: address, hint: appErrors[code].hint, ...(suppressed ? { suppressed } : {}) }, 'request refused');
     }
     const httpMessage = (socket as Socket & { _httpMessage?: ServerResponse })._httpMessage;
-    if (socket.writable && !httpMessage?.headersSent) {
-      socket.end(`HTTP/1.1 ${status} ${statusText[status] ?? 'Error'}\r\ncontent-type: application/json\r\nx-sidecar-error: ${code}\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
-    }
+    if (socket.writable && !httpMessage?.headersSent) endWithErrorResponse(socket, code, error.message);
     setTimeout(() => socket.destroy(), 1000).unref();
   };
 }
 
-const statusText: Record<number, string> = { 400: 'Bad Request', 408: 'Request Timeout', 431: 'Request Header Fields Too Large' };

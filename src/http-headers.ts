@@ -12,8 +12,14 @@ import type { IncomingHttpHeaders } from 'node:http';
 const hopByHop = ['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'proxy-authorization', 'proxy-authenticate'];
 const responseHopByHop = new Set([...hopByHop, 'transfer-encoding']);
 
-/** Identity headers only the sidecar may set on inbound requests. */
-export const identityHeaders = ['x-forwarded-client-cert', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port', 'forwarded'];
+/**
+ * Identity headers only the sidecar may set on inbound requests: `forwarded` and every
+ * `x-forwarded-*` (client-cert, for, proto, host, port, prefix, uri, …), whatever an app might
+ * trust.
+ */
+function isIdentityHeader(name: string): boolean {
+  return name.startsWith('x-forwarded-') || name === 'forwarded';
+}
 
 /**
  * Removes hop-by-hop headers in place. `keepUpgrade` keeps `connection`/`upgrade` for a WebSocket
@@ -34,7 +40,7 @@ export function stripHopByHop(headers: IncomingHttpHeaders, keepUpgrade = false)
 }
 
 export function stripIdentityHeaders(headers: IncomingHttpHeaders): void {
-  for (const name of identityHeaders) delete headers[name];
+  for (const name in headers) if (isIdentityHeader(name)) delete headers[name];
 }
 
 /** Headers as the flat `[name, value, …]` list `writeHead` takes, optionally filtered by name. */

@@ -14,7 +14,7 @@ import { createServer as createNetServer, type Server as NetServer, type Socket 
 import type { AppTarget, Config } from '../config.js';
 import { ConnectionAge } from '../connection-age.js';
 import { appConnector } from '../connector.js';
-import { appErrors } from '../errors.js';
+import { endWithErrorResponse } from '../error-response.js';
 import { Forwarder, classifyAppError, clientErrorHandler, clientOptions, httpServerOptions, type ForwardOptions } from '../forward.js';
 import { stripHopByHop, stripIdentityHeaders } from '../http-headers.js';
 import { listenOn, trackConnections, type BoundAddress } from '../listen.js';
@@ -39,7 +39,6 @@ export class InboundListener {
   readonly #plain: HttpServer | undefined;
   readonly #front: NetServer | undefined;
   readonly #config: Config;
-  readonly #metrics: Metrics;
   readonly #peerTls: PeerTls;
   readonly #forwarder: Forwarder;
   readonly #appPool: ConnectionPool;
@@ -49,7 +48,6 @@ export class InboundListener {
   constructor(options: { config: Config; logger: Logger; metrics: Metrics; peerTls: PeerTls }) {
     const { config, logger, metrics, peerTls } = options;
     this.#config = config;
-    this.#metrics = metrics;
     this.#peerTls = peerTls;
     this.#connectionAge = new ConnectionAge(config.maxConnectionAgeMs);
     this.#clientError = clientErrorHandler('inbound', logger, metrics);
@@ -117,21 +115,14 @@ export class InboundListener {
   }
 
   /** Applies header hygiene and identity; returns undefined (after answering 403) if denied. */
-  #admit(req: IncomingMessage, keepUpgrade: boolean, deny: (body: string) => void): ForwardOptions | undefined {
+  #admit(req: IncomingMessage, keepUpgrade: boolean, deny: (detail: string, who: { peer: string; logFields: Record<string, unknown> }, peer: Record<string, unknown>) => void): ForwardOptions | undefined {
     const admission = this.#peerTls.admit(req.socket);
     if (!admission.admitted) {
       if (admission.refused === 'bad_certificate') {
         req.socket.destroy();
       } else {
         const { peer, reason } = admission;
-        deny(
-          JSON.stringify({
-            error: 'peer_not_allowed',
-            message: `${appErrors.peer_not_allowed.message}: ${peer.name} ${reason}`,
-            hint: appErrors.peer_not_allowed.hint,
-            peer: { uris: peer.identity.uris, dns: peer.identity.dns, subject: peer.identity.subject },
-          }),
-        );
+        deny(`${peer.name} ${reason}`, { peer: peer.name, logFields: { tls: 'mtls' } }, { peer: { uris: peer.identity.uris, dns: peer.identity.dns, subject: peer.identity.subject } });
       }
       return undefined;
     }
@@ -152,18 +143,12 @@ export class InboundListener {
   #onRequest(req: IncomingMessage, res: ServerResponse): void {
     const raw = (req.socket as Socket & { _parent?: Socket })._parent ?? req.socket;
     if (this.#connectionAge.expired(raw)) res.shouldKeepAlive = false;
-    const options = this.#admit(req, false, (body) => {
-      res.writeHead(appErrors.peer_not_allowed.status, { 'content-type': 'application/json', 'x-sidecar-error': 'peer_not_allowed', 'content-length': Buffer.byteLength(body) });
-      res.end(body);
-      this.#metrics.requests.inc({ direction: 'inbound', code: '403' });
-    });
+    const options = this.#admit(req, false, (detail, who, peer) => this.#forwarder.refuse(req, res, 'peer_not_allowed', detail, who, peer));
     if (options) this.#forwarder.web(req, res, options);
   }
 
   #onUpgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
-    const options = this.#admit(req, true, (body) => {
-      socket.end(`HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\nx-sidecar-error: peer_not_allowed\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
-    });
+    const options = this.#admit(req, true, (detail, _who, peer) => endWithErrorResponse(socket, 'peer_not_allowed', detail, peer));
     if (options) this.#forwarder.upgrade(req, socket, head, options);
   }
 }

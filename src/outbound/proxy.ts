@@ -7,7 +7,8 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { connect, isIP, type Socket } from 'node:net';
 import type { Config, ListenAddress, UpstreamRoute } from '../config.js';
-import { appErrorResponse, type AppErrorCode, type TlsFailureReason } from '../errors.js';
+import { appErrors, type AppErrorCode, type TlsFailureReason } from '../errors.js';
+import { endWithErrorResponse } from '../error-response.js';
 import { Forwarder, clientErrorHandler, httpServerOptions, type ConnectionFacts, type ForwardOptions } from '../forward.js';
 import { stripHopByHop } from '../http-headers.js';
 import { listenOn, trackConnections, type BoundAddress } from '../listen.js';
@@ -199,10 +200,9 @@ export class OutboundListeners {
   #onConnect(req: IncomingMessage, client: Socket, head: Buffer): void {
     const match = /^\[?([^\]]+?)\]?:(\d+)$/.exec(req.url ?? '');
     const refuse = (code: AppErrorCode, detail: string) => {
-      const { status, body } = appErrorResponse(code, detail);
       this.#logger.warn({ direction: 'outbound', method: 'CONNECT', target: req.url, error: code, reason: detail }, 'tunnel failed');
-      this.#metrics.requests.inc({ direction: 'outbound', code: String(status) });
-      client.end(`HTTP/1.1 ${status} ${status === 504 ? 'Gateway Timeout' : status === 400 ? 'Bad Request' : 'Bad Gateway'}\r\ncontent-type: application/json\r\nx-sidecar-error: ${code}\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+      this.#metrics.requests.inc({ direction: 'outbound', code: String(appErrors[code].status) });
+      endWithErrorResponse(client, code, detail);
     };
     if (!match) {
       refuse('bad_request', `CONNECT target ${JSON.stringify(req.url)} is not HOST:PORT`);
