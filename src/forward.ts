@@ -383,7 +383,8 @@ export function clientErrorHandler(direction: Direction, logger: Logger, metrics
   const log = new RateLimitedLog(10_000);
   return (error, socket) => {
     const errno = error.code ?? '';
-    if (errno === 'ECONNRESET' || errno === 'EPIPE' || !(errno.startsWith('HPE_') || errno in clientErrorCodes)) {
+    // HPE_INVALID_EOF_STATE: the client closed the connection in the middle of its request.
+    if (errno === 'ECONNRESET' || errno === 'EPIPE' || errno === 'HPE_INVALID_EOF_STATE' || !(errno.startsWith('HPE_') || errno in clientErrorCodes)) {
       socket.destroy();
       return;
     }

@@ -15,10 +15,12 @@ const responseHopByHop = new Set([...hopByHop, 'transfer-encoding']);
 /**
  * Identity headers only the sidecar may set on inbound requests: `forwarded` and every
  * `x-forwarded-*` (client-cert, for, proto, host, port, prefix, uri, …), whatever an app might
- * trust.
+ * trust. Spelled with underscores too: CGI, WSGI, Rack and PHP map `x_forwarded_client_cert` and
+ * `x-forwarded-client-cert` to the same variable, so a client could forge one as the other.
  */
 function isIdentityHeader(name: string): boolean {
-  return name.startsWith('x-forwarded-') || name === 'forwarded';
+  const dashed = name.includes('_') ? name.replaceAll('_', '-') : name;
+  return dashed.startsWith('x-forwarded-') || dashed === 'forwarded';
 }
 
 /**

@@ -20,18 +20,18 @@ const redactPaths = [
   'req.headers["proxy-authorization"]',
 ];
 
-/** Renders one pino JSON line as `HH:MM:SS LEVEL msg key=value …`. */
-function prettyLine(line: string): string {
+/** Renders one pino JSON line (ISO time, level label) as `HH:MM:SS LEVEL msg key=value …`. */
+export function prettyLine(line: string): string {
+  let record: Record<string, unknown>;
   try {
-    const record = JSON.parse(line) as Record<string, unknown>;
-    const { time, level, msg, pid: _pid, hostname: _hostname, ...rest } = record;
-    const names: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO', 40: 'WARN', 50: 'ERROR', 60: 'FATAL' };
-    const clock = new Date(Number(time)).toISOString().slice(11, 19);
-    const fields = Object.entries(rest).map(([key, value]) => `${key}=${typeof value === 'string' ? value : JSON.stringify(value)}`);
-    return `${clock} ${(names[Number(level)] ?? String(level)).padEnd(5)} ${String(msg ?? '')} ${fields.join(' ')}`.trimEnd() + '\n';
+    record = JSON.parse(line) as Record<string, unknown>;
   } catch {
     return line + '\n';
   }
+  const { time, level, msg, pid: _pid, hostname: _hostname, ...rest } = record;
+  const clock = typeof time === 'string' ? time.slice(11, 19) : new Date(Number(time)).toISOString().slice(11, 19);
+  const fields = Object.entries(rest).map(([key, value]) => `${key}=${typeof value === 'string' ? value : JSON.stringify(value)}`);
+  return `${clock} ${String(level).toUpperCase().padEnd(5)} ${String(msg ?? '')} ${fields.join(' ')}`.trimEnd() + '\n';
 }
 
 function prettyStream(): Writable {

@@ -149,7 +149,19 @@ for (const [via, certs] of runners) {
       assert.match(text, /Basic Constraints: critical\s+CA:TRUE/);
       assert.match(text, /Key Usage: critical\s+Certificate Sign, CRL Sign/);
       assert.match(text, /Subject Key Identifier/);
-      assert.match(await openssl('x509', '-in', join(caDir, 'ca.crt'), '-noout', '-subject'), /mtls-sidecar dev CA/);
+      assert.match(await openssl('x509', '-in', join(caDir, 'ca.crt'), '-noout', '-subject'), /mtls-sidecar dev CA [0-9a-f]{6}/);
+    });
+
+    test('two dev CAs get different names, so "signed by an unknown authority" messages can tell them apart', async () => {
+      const otherDir = join(dir, 'second-dev-ca');
+      const init = await certs.init({ out: otherDir });
+      assert.equal(init.code, 0, init.stderr);
+      const first = await openssl('x509', '-in', join(caDir, 'ca.crt'), '-noout', '-subject');
+      const second = await openssl('x509', '-in', join(otherDir, 'ca.crt'), '-noout', '-subject');
+      assert.notEqual(first, second);
+      const named = join(dir, 'named-ca');
+      assert.equal((await certs.init({ out: named, name: 'Acme mesh CA' })).code, 0);
+      assert.match(await openssl('x509', '-in', join(named, 'ca.crt'), '-noout', '-subject'), /CN ?= ?Acme mesh CA\n?$/);
     });
 
     test('private key matches the certificate and is PKCS#8 readable only by the owner', async () => {

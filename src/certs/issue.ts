@@ -51,6 +51,14 @@ export class InvalidCertOptionError extends Error {
 }
 
 export const DEFAULT_CA_NAME = 'mtls-sidecar dev CA';
+
+/**
+ * The default CA name with a random suffix: two dev CAs with one name make every "signed by an
+ * unknown authority" message useless ("issued by CN=mtls-sidecar dev CA, our bundle holds CN=mtls-sidecar dev CA").
+ */
+export function uniqueDevCaName(): string {
+  return `${DEFAULT_CA_NAME} ${randomBytes(3).toString('hex')}`;
+}
 export const DEFAULT_CA_DAYS = 365;
 export const DEFAULT_LEAF_DAYS = 30;
 const CLOCK_SKEW_MS = 5 * 60 * 1000;
@@ -62,7 +70,7 @@ const SERVICE_CERT_FILE = 'tls.crt';
 const SERVICE_KEY_FILE = 'tls.key';
 
 export function createDevCA(opts: DevCAOptions = {}): PemPair {
-  const commonName = opts.commonName ?? DEFAULT_CA_NAME;
+  const commonName = opts.commonName ?? uniqueDevCaName();
   requireName('--name', commonName);
   const days = validDays(opts.days ?? DEFAULT_CA_DAYS);
   const keys = generateRsaKeys();

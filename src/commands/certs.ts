@@ -7,7 +7,7 @@ import { X509Certificate } from 'node:crypto';
 import { join, resolve } from 'node:path';
 import {
   createDevCA,
-  DEFAULT_CA_NAME,
+  uniqueDevCaName,
   InvalidCertOptionError,
   issueDevCert,
   readCaDir,
@@ -50,7 +50,7 @@ export async function certsInit(args: CertsInitArgs): Promise<number> {
     return EXIT_FAILED;
   }
   return runStep('certs init', async () => {
-    const ca = createDevCA({ commonName: args.name ?? DEFAULT_CA_NAME, days: args.days });
+    const ca = createDevCA({ commonName: args.name ?? uniqueDevCaName(), days: args.days });
     await writeCaDir(out, ca);
     const cert = new X509Certificate(ca.certPem);
     printSummary([

@@ -79,8 +79,13 @@ export class InboundListener {
     if (config.maxConnections > 0) listening.maxConnections = config.maxConnections;
   }
 
-  listen(): Promise<BoundAddress> {
-    return listenOn(this.#front ?? this.#https, this.#config.inbound!, 'inbound');
+  async listen(): Promise<BoundAddress> {
+    const bound = await listenOn(this.#front ?? this.#https, this.#config.inbound!, 'inbound');
+    // permissive: the HTTPS and plaintext servers get their connections from the first-byte
+    // dispatcher and never listen themselves, but Node starts the connection sweep that enforces
+    // --headers-timeout only on a server's 'listening' event.
+    if (this.#front) for (const server of [this.#https, this.#plain!]) server.emit('listening');
+    return bound;
   }
 
   /** Closes keep-alive connections that have no request in flight (repeated during a drain). */
@@ -92,7 +97,8 @@ export class InboundListener {
   /** Stops accepting; resolves when every connection has ended. */
   close(): Promise<void> {
     const servers: Array<NetServer | HttpServer> = [this.#https, ...(this.#plain ? [this.#plain] : []), ...(this.#front ? [this.#front] : [])];
-    const closing = servers.map((server) => new Promise<void>((resolve) => (server.listening ? server.close(() => resolve()) : resolve())));
+    // Also the servers that never listened (permissive): close() stops their connection sweep.
+    const closing = servers.map((server) => new Promise<void>((resolve) => server.close(() => resolve())));
     this.closeIdleConnections();
     return Promise.all(closing).then(() => this.#appPool.destroy());
   }

@@ -24,12 +24,22 @@ export class IdentityMismatchError extends Error {
   }
 }
 
-/** Checks name (DNS/IP SANs), then the pinned SPIFFE ID, then the trust domain. */
-export function upstreamIdentityCheck(expectedSpiffe: string | undefined, trustDomain: string | undefined) {
+/**
+ * Checks name (DNS/IP SANs), then the pinned SPIFFE ID, then the trust domain. With
+ * --insecure-skip-verify (`checkName` false) the chain and the name are not checked, but an
+ * explicit SPIFFE pin or trust domain still is: the operator asked for it by name.
+ */
+export function upstreamIdentityCheck(expectedSpiffe: string | undefined, trustDomain: string | undefined, checkName = true) {
   return (hostname: string, cert: PeerCertificate): Error | undefined => {
-    const nameError = defaultCheckServerIdentity(hostname, cert);
-    if (nameError) return nameError;
-    const uris = parseSubjectAltName(cert.subjectaltname).filter((san) => san.type === 'URI').map((san) => san.value);
+    const sans = parseSubjectAltName(cert.subjectaltname);
+    const nameError = checkName ? defaultCheckServerIdentity(hostname, cert) : undefined;
+    if (nameError) {
+      // Node's text ends in an empty list for a certificate with no DNS/IP SAN; say what it has.
+      const names = sans.filter((san) => san.type === 'DNS' || san.type === 'IP Address').map((san) => san.value);
+      nameError.message = `${hostname} is not among the certificate's DNS/IP SANs (it has: ${names.length ? names.join(', ') : 'none'})`;
+      return nameError;
+    }
+    const uris = sans.filter((san) => san.type === 'URI').map((san) => san.value);
     if (expectedSpiffe && !uris.includes(expectedSpiffe)) return new IdentityMismatchError(expectedSpiffe, uris);
     if (trustDomain && !uris.some((uri) => uri.startsWith(`spiffe://${trustDomain}/`))) {
       return new IdentityMismatchError(`an ID in trust domain ${trustDomain}`, uris);
@@ -99,7 +109,7 @@ export class UpstreamAgents {
         {
           ...tlsOptionsFor(this.#set, this.#config.minTls),
           rejectUnauthorized: !insecure,
-          checkServerIdentity: insecure ? () => undefined : upstreamIdentityCheck(expectedSpiffe, this.#config.trustDomain),
+          checkServerIdentity: upstreamIdentityCheck(expectedSpiffe, this.#config.trustDomain, !insecure),
         },
         { connectMs, handshakeMs },
       );

@@ -74,7 +74,7 @@ export class TcpUpstreamListeners {
       allowHalfOpen: true,
       session: this.#sessions.get(route.localPort),
       rejectUnauthorized: !insecure,
-      checkServerIdentity: insecure ? () => undefined : upstreamIdentityCheck(route.spiffeId, this.#config.trustDomain),
+      checkServerIdentity: upstreamIdentityCheck(route.spiffeId, this.#config.trustDomain, !insecure),
     };
     // allowHalfOpen is honoured by tls.connect (it builds the TLSSocket with it) but not in its types.
     const upstream: TLSSocket = tlsConnect(options);
