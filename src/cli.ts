@@ -46,11 +46,13 @@ async function runCommand(args: RawRunArgs, unknownEnv: string[]): Promise<void>
   const config = configFrom(args);
   const dirStat = await stat(config.certs.dir).catch(() => undefined);
   if (!dirStat?.isDirectory()) {
-    usageError(new ConfigError('cert-dir', config.certs.dir, 'an existing directory holding the certificate, key and trust bundle (SPEC §3)').message);
+    usageError(new ConfigError('cert-dir', config.certs.dir, 'an existing directory holding the certificate, key and trust bundle').message);
   }
   const logger = createLogger({ level: config.logLevel, format: config.logFormat });
   for (const name of unknownEnv) {
-    logger.warn({ env: name }, `ignoring environment variable ${name}: no such flag (Kubernetes sets <SERVICE>_PORT for every Service)`);
+    // Kubernetes injects SIDECAR_PORT, SIDECAR_SERVICE_HOST, … for a Service named "sidecar".
+    const why = /_(PORT|SERVICE_HOST|SERVICE_PORT)(_|$)/.test(name) ? ' (Kubernetes sets <SERVICE>_PORT… for every Service)' : '';
+    logger.warn({ env: name }, `ignoring environment variable ${name}: no such flag${why}`);
   }
   const exit: (code: number) => never = (code) => {
     flushLogs();
@@ -190,7 +192,12 @@ export async function main(argv: string[]): Promise<void> {
       if (unknown) {
         // yargs also lists each camelCase expansion (--cert-drr, --certDrr): flags here are kebab-case.
         const names = unknown[1]!.split(', ').filter((name) => !/[A-Z]/.test(name));
-        usageError(`unknown flag ${names.map((name) => (name.length > 1 ? `--${name}` : `-${name}`)).join(', ')} (see --help)`);
+        // yargs names positional words the same way as flags; only what was typed as a flag is one.
+        const typedAsFlag = (name: string) => argv.some((arg) => arg === `--${name}` || arg.startsWith(`--${name}=`) || arg === `-${name}`);
+        const flags = names.filter(typedAsFlag);
+        const words = names.filter((name) => !typedAsFlag(name));
+        if (flags.length) usageError(`unknown flag ${flags.map((name) => (name.length > 1 ? `--${name}` : `-${name}`)).join(', ')} (see --help)`);
+        usageError(`unexpected argument ${words.map((word) => JSON.stringify(word)).join(', ')}: the commands are run, check, probe, certs, wait and demo (see --help)`);
       }
       // yargs reports a value outside `choices` on two lines; say it in ConfigError's one-line form.
       const invalid = [...(message ?? '').matchAll(/Argument: ([^,]+), Given: (.*), Choices: (.*)/g)];

@@ -192,6 +192,17 @@ describe('configuration errors', () => {
     await assertUsageError(['--cert-dir', missing, '--inbound', '127.0.0.1:0', '--outbound', 'off', '--admin', 'off'], '--cert-dir', missing);
   });
 
+  test('a stray word is called an unexpected argument, not a flag (exit 2, one line)', async () => {
+    for (const argv of [['run', '--cert-dir', service.certDir, 'extra'], ['bogus']]) {
+      const result = await runCli(argv);
+      assert.equal(result.code, 2, result.stderr);
+      const lines = result.stderr.trim().split('\n');
+      assert.equal(lines.length, 1, result.stderr);
+      assert.match(lines[0]!, /unexpected argument "(extra|bogus)"/);
+      assert.doesNotMatch(lines[0]!, /flag/);
+    }
+  });
+
   test('unknown SIDECAR_FOO env var -> a warning, and the process still starts', async () => {
     const sidecar = await startSidecar(['--cert-dir', service.certDir, '--app', app.url, ...QUIET_LISTENERS], { env: { SIDECAR_FOO: 'bar' } });
     try {
