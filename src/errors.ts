@@ -39,12 +39,12 @@ export const appErrors = {
   upstream_tls_error: {
     status: 502,
     message: 'TLS with the upstream failed',
-    hint: 'run `mtls-sidecar probe URL` to see the handshake in detail',
+    hint: 'run `mtls-sidecar probe URL` to see the handshake in detail; "wrong version number" means the upstream port does not speak TLS (plain HTTP?): call its TLS port',
   },
   upstream_refused: {
     status: 502,
     message: 'the upstream refused the connection',
-    hint: 'check that the upstream is running and listening on that host and port',
+    hint: 'nothing listens on that host and port: check the port, and that the upstream (or its sidecar) is running',
   },
   upstream_unresolvable: {
     status: 502,
@@ -54,7 +54,7 @@ export const appErrors = {
   upstream_timeout: {
     status: 504,
     message: 'the upstream did not answer in time',
-    hint: 'check the upstream health and load, or raise --connect-timeout / --request-timeout',
+    hint: 'check that the upstream is up, reachable (firewalls, NetworkPolicies) and not overloaded, or raise --connect-timeout / --handshake-timeout / --request-timeout',
   },
   upstream_reset: {
     status: 502,
@@ -147,12 +147,41 @@ export const certProblems = {
   key_parse_error: 'the private key cannot be read: write a PEM key (PKCS#8, PKCS#1 RSA or SEC1 EC); for an encrypted key pass --key-passphrase-file',
   key_mismatch: 'the private key does not belong to the leaf certificate: deploy the key that was issued with this certificate',
   bundle_empty: 'the trust bundle holds no certificate: write the CA certificate(s) into it',
-  chain_untrusted: 'the certificate chain does not lead to any CA in the trust bundle: add the issuing CA to the bundle, or append the missing intermediate to the chain file',
+  chain_incomplete: 'the certificate that issued it is missing: append the intermediate that issued it to the chain file (or, if it is a root, add it to the bundle)',
+  chain_untrusted: 'the chain ends at a CA that is not in the trust bundle: add that CA to the bundle, or issue the certificate from a CA the bundle holds',
   cert_expired: 'the certificate has expired: renew it',
   cert_not_yet_valid: 'the certificate is not valid yet: check the clock, or wait for its notBefore',
 } as const;
 
 export type CertProblemCode = keyof typeof certProblems;
+
+/**
+ * What `check` and `probe` report besides TLS failures, cert-dir problems and the app errors of
+ * the TCP step (`upstream_refused`, `upstream_unresolvable`, `upstream_timeout`, with their hints).
+ */
+export const diagnosticProblems = {
+  upstream_unreachable: 'there is no network path to the upstream (host or network unreachable): check the address, routes, firewalls and NetworkPolicies',
+  cert_expiring: 'renewal should have happened by now: check the issuer (cert-manager, SPIRE) and that the new files reach this directory',
+  unexpected: 'an error the sidecar does not classify: report it as a bug, with this output',
+} as const;
+
+export type DiagnosticCode = keyof typeof diagnosticProblems;
+
+/** Every code `check` and `probe` print. */
+export type ReportCode = CertProblemCode | TlsFailureReason | AppErrorCode | DiagnosticCode;
+
+/** `probe`'s fixes for the failures where it can name what it found (the issuer, the SANs, our identity). */
+export const probeFixes = {
+  cert_untrusted: (issuer: string, bundleFile: string, bundleSubjects: string[], onlyLeafSent: boolean): string =>
+    `add the CA "${issuer}" to our trust bundle ${bundleFile}, or have the upstream use a certificate from our mesh CA (our bundle holds: ${bundleSubjects.join('; ')})` +
+    (onlyLeafSent ? `; if "${issuer}" is an intermediate, the upstream should append it to its chain file instead` : ''),
+  chain_incomplete: (issuer: string): string =>
+    `the upstream sent only its leaf: it should append the intermediate "${issuer}" that issued it to its chain file (we hold that intermediate, and it is not a root)`,
+  name_mismatch: (sans: string, host: string): string => `the certificate names ${sans}; dial one of those, or re-issue it with ${host}`,
+  our_cert_rejected: (ours: string): string =>
+    `the upstream refused our certificate (${ours}): is our CA in the upstream's trust bundle, and is our certificate valid (mtls-sidecar check)?`,
+  our_cert_invalid: (code: CertProblemCode): string => `${certProblems[code]} (\`mtls-sidecar check\` on the cert dir lists every problem)`,
+} as const;
 
 /** A certificate-directory problem, naming the file it is about. */
 export class CertError extends Error {

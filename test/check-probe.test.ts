@@ -2,7 +2,7 @@
 // can have, reported with its catalog code and a fix (exit 1), a healthy directory described in
 // full (exit 0), JSON output, usage errors (exit 2); and probe against real upstreams: a sidecar
 // inbound (exit 0 with TLS version, cipher and HTTP status), the three failures users hit most,
-// and a refused port.
+// a refused port and a URL it cannot parse. Every code either command prints is in the README.
 import assert from 'node:assert/strict';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -13,7 +13,8 @@ import {
   freshDir, issueLeaf, makeIntermediate, makeRootCA, makeService, normalizeSerial, sharedRootCA, writeLayout,
   type CertificateAuthority, type Leaf, type ServiceIdentity,
 } from './helpers/pki.js';
-import { freePort, runCli, startSidecar, stopAllSidecars } from './helpers/sidecar.js';
+import { freePort, REPO_ROOT, runCli, startSidecar, stopAllSidecars } from './helpers/sidecar.js';
+import { certProblems, diagnosticProblems } from '../src/errors.js';
 
 interface CheckProblem {
   code: string;
@@ -106,21 +107,45 @@ describe('check', () => {
     assert.match(out, /expired \d+d/);
   });
 
-  test('leaf from a CA not in the bundle -> chain_untrusted', async () => {
+  test('a complete chain (leaf + its root) whose root is not in the bundle -> chain_untrusted naming that root', async () => {
     const stranger = await issueLeaf(foreignRoot, { cn: 'stranger' });
-    const dir = await dirWith('untrusted', stranger.chainPem, stranger.keyPem, root.certPem);
-    await assertCheckProblem(dir, 'chain_untrusted', /add the issuing CA to the bundle/);
+    const dir = await dirWith('untrusted', stranger.certPem + foreignRoot.certPem, stranger.keyPem, root.certPem);
+    const out = await assertCheckProblem(dir, 'chain_untrusted', /add that CA to the bundle/);
+    assert.ok(out.includes('self-signed "CN=check foreign CA,O=mtls-sidecar tests"'), `the problem names the root the chain ends at:\n${out}`);
   });
 
-  test('chain file without the intermediate (bundle holds only the root) -> chain_untrusted, fix: append the missing intermediate', async () => {
+  test('chain file without the intermediate (bundle holds only the root) -> chain_incomplete naming the missing issuer; `run` refuses it the same way', async () => {
     const intermediate = await makeIntermediate(root, { cn: 'check intermediate' });
     const leaf: Leaf = await issueLeaf(intermediate, { cn: 'behind-intermediate' });
     assert.notEqual(leaf.chainPem, leaf.certPem, 'the full chain holds the intermediate');
     const dir = await dirWith('no-intermediate', leaf.certPem, leaf.keyPem, root.certPem);
-    await assertCheckProblem(dir, 'chain_untrusted', /append the missing intermediate/);
+    const out = await assertCheckProblem(dir, 'chain_incomplete', /append the intermediate that issued it to the chain file \(or, if it is a root, add it to the bundle\)/);
+    assert.ok(out.includes('"CN=behind-intermediate" was issued by "CN=check intermediate,O=mtls-sidecar tests"'), `the problem names the missing issuer's subject:\n${out}`);
+    assert.doesNotMatch(out, /\[chain_untrusted\]/);
+    const json = JSON.parse((await check(dir, ['--json'])).stdout) as CheckJson;
+    assert.deepEqual(json.problems.map((problem) => problem.code), ['chain_incomplete']);
+    assert.equal(json.chainVerifies, false);
+    const run = await runCli(['run', '--cert-dir', dir, '--inbound', '127.0.0.1:0', '--outbound', '127.0.0.1:0', '--admin', '127.0.0.1:0']);
+    assert.equal(run.code, 1, `run exit code; stderr: ${run.stderr}`);
+    assert.match(run.stderr, /\[chain_incomplete\]/);
+    assert.ok(run.stderr.includes('CN=check intermediate'), run.stderr);
     // The same directory with the intermediate appended is healthy.
     const fixed = await dirWith('with-intermediate', leaf.chainPem, leaf.keyPem, root.certPem);
     assert.equal((await check(fixed)).code, 0);
+  });
+
+  test('leaf-only chain from a CA the directory does not hold (the files cannot tell a foreign root from a missing intermediate) -> chain_incomplete with both fixes', async () => {
+    const stranger = await issueLeaf(foreignRoot, { cn: 'stranger-leaf-only' });
+    const dir = await dirWith('unknown-issuer', stranger.certPem, stranger.keyPem, root.certPem);
+    const out = await assertCheckProblem(dir, 'chain_incomplete', /if it is a root, add it to the bundle/);
+    assert.ok(out.includes('issued by "CN=check foreign CA,O=mtls-sidecar tests"'), out);
+  });
+
+  test('leaf whose notBefore is tomorrow -> cert_not_yet_valid, fix: check the clock', async () => {
+    const early = await issueLeaf(root, { cn: 'not-yet-valid', notYetValid: true });
+    const dir = await dirWith('not-yet-valid', early.chainPem, early.keyPem, root.certPem);
+    const out = await assertCheckProblem(dir, 'cert_not_yet_valid', /clock/);
+    assert.match(out, /valid from \d{4}-\d\d-\d\dT/);
   });
 
   test('missing key file -> file_missing naming the file', async () => {
@@ -170,6 +195,12 @@ describe('check', () => {
     assert.equal(result.code, 2, `stderr: ${result.stderr}`);
     assert.match(result.stderr, /--cert-drr\b/);
     assert.equal(result.stdout, '', 'no report for a usage error');
+  });
+
+  test('the README names every code `check` and `probe` print', async () => {
+    const readme = await readFile(join(REPO_ROOT, 'README.md'), 'utf8');
+    const missing = [...Object.keys(certProblems), ...Object.keys(diagnosticProblems)].filter((code) => !readme.includes(`\`${code}\``));
+    assert.deepEqual(missing, [], `codes missing from the README: ${missing.join(', ')}`);
   });
 
   test('unknown flag that starts with --no- -> exit 2 naming the flag as typed', async () => {
@@ -247,6 +278,8 @@ describe('probe', () => {
     const step = await assertProbeFailure(`https://localhost:${server.port}/`, 'cert_untrusted', /add the CA/);
     assert.ok((step.fix ?? '').includes('probe foreign CA'), `the fix names the issuing CA: ${step.fix}`);
     assert.ok((step.fix ?? '').includes(join(caller.certDir, 'ca.crt')), `the fix names our bundle file: ${step.fix}`);
+    // It sent only its leaf, and we do not hold its issuer: that issuer may also be an intermediate it forgot.
+    assert.match(step.fix ?? '', /if ".*probe foreign CA.*" is an intermediate, the upstream should append it to its chain file/);
   });
 
   test('expired upstream certificate -> cert_expired, fix: renew', async () => {
@@ -267,6 +300,16 @@ describe('probe', () => {
     const result = await probe(`https://localhost:${port}/`);
     assert.equal(result.code, 1, result.stdout);
     assert.match(result.stdout, /\[upstream_refused\]/);
-    assert.match(result.stdout, /fix: /);
+    assert.match(result.stdout, /fix: nothing listens on that host and port/);
   });
+
+  for (const badUrl of ['https://pay ments.svc:8443/', 'https://[::1:8443/', 'https://payments.svc:99999/']) {
+    test(`a URL it cannot parse (${badUrl}) -> exit 2 naming it, no report`, async () => {
+      const result = await probe(badUrl);
+      assert.equal(result.code, 2, `stdout:\n${result.stdout}\nstderr:\n${result.stderr}`);
+      assert.ok(result.stderr.includes(JSON.stringify(badUrl)), `the message names the URL: ${result.stderr}`);
+      assert.match(result.stderr, /not a URL such as https:\/\/payments\.svc:8443\/health/);
+      assert.equal(result.stdout, '', 'no report for a usage error');
+    });
+  }
 });

@@ -175,9 +175,18 @@ describe('certificate rotation', () => {
       },
       { name: 'expired new cert', code: 'cert_expired', files: async () => kubernetesFiles(await serviceLeaf(rootA, 'expired', { expired: true })) },
       {
-        name: 'cert from a CA not in the bundle',
-        code: 'chain_untrusted',
+        // Leaf only: the files cannot tell a foreign root from a forgotten intermediate.
+        name: 'leaf from a CA the directory does not hold',
+        code: 'chain_incomplete',
         files: async () => kubernetesFiles(await serviceLeaf(strangerRoot, 'stranger'), rootA.certPem),
+      },
+      {
+        name: 'complete chain ending at a root not in the bundle',
+        code: 'chain_untrusted',
+        files: async () => {
+          const stranger = await serviceLeaf(strangerRoot, 'stranger-chained');
+          return { ...kubernetesFiles(stranger, rootA.certPem), 'tls.crt': stranger.certPem + strangerRoot.certPem };
+        },
       },
     ];
 

@@ -163,13 +163,24 @@ function isSameCertificate(a: X509Certificate, b: X509Certificate): boolean {
   return a.fingerprint256 === b.fingerprint256;
 }
 
-function issuedBy(child: X509Certificate, parent: X509Certificate): boolean {
+/** Whether `parent` issued `child`: names (and key identifiers) match and the signature verifies. */
+export function issuedBy(child: X509Certificate, parent: X509Certificate): boolean {
   return child.checkIssued(parent) && child.verify(parent.publicKey);
+}
+
+export function isSelfSigned(cert: X509Certificate): boolean {
+  return issuedBy(cert, cert);
 }
 
 /**
  * Walks from the leaf through the chain's intermediates to a certificate in the bundle, checking
  * each signature and validity window. Returns the path (leaf first, anchor last).
+ *
+ * Where the walk stops short of the bundle it says why, as far as the files can tell: a
+ * certificate whose issuer is nowhere (not in the chain, not in the bundle) is `chain_incomplete`
+ * (that issuer may be a missing intermediate or a root missing from the bundle: the fix names
+ * both); a chain that ends at a self-signed certificate outside the bundle, or at a certificate
+ * whose named issuer is present but did not sign it, is `chain_untrusted`.
  */
 export function verifyChain(chain: X509Certificate[], bundle: X509Certificate[], now: Date, files: { cert: string; ca: string }): X509Certificate[] {
   const [leaf, ...intermediates] = chain;
@@ -187,12 +198,24 @@ export function verifyChain(chain: X509Certificate[], bundle: X509Certificate[],
       return path;
     }
     const next = intermediates.find((candidate) => !isSameCertificate(candidate, current) && issuedBy(current, candidate));
-    if (!next) {
-      throw new CertError('chain_untrusted', files.cert, `no certificate in ${files.ca} or in the chain issued "${rfc2253(current.subject)}" (its issuer is "${rfc2253(current.issuer)}")`);
-    }
+    if (!next) throw chainEnd(current, [...intermediates, ...bundle], files);
     current = next;
   }
   throw new CertError('chain_untrusted', files.cert, 'the chain is longer than 10 certificates');
+}
+
+/** Why the walk cannot go on from `current` (nothing in the chain or the bundle issued it). */
+function chainEnd(current: X509Certificate, known: X509Certificate[], files: { cert: string; ca: string }): CertError {
+  const subject = rfc2253(current.subject);
+  const issuer = rfc2253(current.issuer);
+  if (isSelfSigned(current)) {
+    return new CertError('chain_untrusted', files.cert, `the chain ends at the self-signed "${subject}", which is not in ${files.ca}`);
+  }
+  const sameName = known.find((candidate) => !isSameCertificate(candidate, current) && candidate.subject === current.issuer);
+  if (sameName) {
+    return new CertError('chain_untrusted', files.cert, `"${subject}" names "${issuer}" as its issuer, but the certificate of that name in the chain or in ${files.ca} did not sign it (a different key: a re-issued CA?)`);
+  }
+  return new CertError('chain_incomplete', files.cert, `"${subject}" was issued by "${issuer}", which is neither in the chain file nor in ${files.ca}`);
 }
 
 function checkValidity(cert: X509Certificate, now: Date, file: string): void {

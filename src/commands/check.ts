@@ -7,10 +7,10 @@ import type { X509Certificate } from 'node:crypto';
 import type { CertDirConfig } from '../config.js';
 import { describeCertificate, expiresIn, sanList, type CertSummary } from '../certs/describe.js';
 import { keyMismatch, parseCertificates, parsePrivateKey, readCertFile, readCertFiles, resolveCertFiles, validateCertFiles, validityOf, verifyChain, type CertFiles } from '../certs/load.js';
-import { CertError, certProblems } from '../errors.js';
+import { CertError, certProblems, diagnosticProblems, type CertProblemCode, type DiagnosticCode } from '../errors.js';
 
 export interface Problem {
-  code: string;
+  code: CertProblemCode | DiagnosticCode;
   file: string | undefined;
   message: string;
   fix: string;
@@ -36,7 +36,7 @@ function problemFrom(error: unknown): Problem {
   if (error instanceof CertError) {
     return { code: error.code, file: error.file, message: error.detail ?? error.message, fix: certProblems[error.code] };
   }
-  return { code: 'unexpected', file: undefined, message: (error as Error).message, fix: 'report this as a bug' };
+  return { code: 'unexpected', file: undefined, message: (error as Error).message, fix: diagnosticProblems.unexpected };
 }
 
 /** Runs each check independently so one broken file does not hide problems in the others. */
@@ -106,7 +106,7 @@ export async function checkCertDir(config: CertDirConfig, now = new Date()): Pro
     const lifetime = notAfter.getTime() - notBefore.getTime();
     const remaining = notAfter.getTime() - now.getTime();
     if (remaining > 0 && remaining < lifetime / 3) {
-      report.warnings.push({ code: 'cert_expiring', file: files.cert, message: `less than a third of its lifetime remains (${report.expires})`, fix: 'renewal should have happened by now: check the issuer (cert-manager, SPIRE) and that the new files reach this directory' });
+      report.warnings.push({ code: 'cert_expiring', file: files.cert, message: `less than a third of its lifetime remains (${report.expires})`, fix: diagnosticProblems.cert_expiring });
     }
   }
   if (report.problems.length === 0) {

@@ -8,9 +8,10 @@ import { X509Certificate } from 'node:crypto';
 import { connect as netConnect, isIP } from 'node:net';
 import { connect as tlsConnect, type DetailedPeerCertificate, type TLSSocket } from 'node:tls';
 import { describeCertificate, expiresIn, sanList, type CertSummary } from '../certs/describe.js';
-import { loadCertDir, type CertSet } from '../certs/load.js';
+import { rfc2253 } from '../certs/identity.js';
+import { isSelfSigned, issuedBy, loadCertDir, type CertSet } from '../certs/load.js';
 import type { CertDirConfig } from '../config.js';
-import { CertError, tlsFailures, type TlsFailureReason } from '../errors.js';
+import { appErrors, CertError, diagnosticProblems, probeFixes, tlsFailures, type ReportCode, type TlsFailureReason } from '../errors.js';
 import { upstreamIdentityCheck } from '../outbound/agents.js';
 import { classifyPeerVerifyError, classifyTlsError, tlsOptionsFor, type MinTls } from '../tls.js';
 
@@ -18,7 +19,7 @@ interface Step {
   name: string;
   ok: boolean;
   detail: string;
-  code?: string;
+  code?: ReportCode;
   fix?: string;
 }
 
@@ -53,7 +54,7 @@ function tcpCheck(host: string, port: number, timeoutMs: number): Promise<Step> 
     const socket = netConnect({ host, port });
     const timer = setTimeout(() => {
       socket.destroy();
-      resolve({ name: 'TCP', ok: false, detail: `no answer from ${host}:${port} within ${timeoutMs} ms`, code: 'upstream_timeout', fix: 'check the address, firewalls and NetworkPolicies' });
+      resolve({ name: 'TCP', ok: false, detail: `no answer from ${host}:${port} within ${timeoutMs} ms`, code: 'upstream_timeout', fix: appErrors.upstream_timeout.hint });
     }, timeoutMs);
     socket.once('connect', () => {
       clearTimeout(timer);
@@ -63,21 +64,45 @@ function tcpCheck(host: string, port: number, timeoutMs: number): Promise<Step> 
     });
     socket.once('error', (error: NodeJS.ErrnoException) => {
       clearTimeout(timer);
-      const refused = error.code === 'ECONNREFUSED';
-      resolve({
-        name: 'TCP',
-        ok: false,
-        detail: `${host}:${port}: ${error.message}`,
-        code: refused ? 'upstream_refused' : error.code === 'ENOTFOUND' ? 'upstream_unresolvable' : 'upstream_unreachable',
-        fix: refused ? 'nothing listens there: check the port and that the upstream (or its sidecar) runs' : 'check the host name and the network path',
-      });
+      const detail = `${host}:${port}: ${error.message}`;
+      if (error.code === 'ECONNREFUSED' || error.code === 'ENOTFOUND' || error.code === 'EAI_AGAIN') {
+        const code = error.code === 'ECONNREFUSED' ? 'upstream_refused' : 'upstream_unresolvable';
+        resolve({ name: 'TCP', ok: false, detail, code, fix: appErrors[code].hint });
+      } else {
+        resolve({ name: 'TCP', ok: false, detail, code: 'upstream_unreachable', fix: diagnosticProblems.upstream_unreachable });
+      }
     });
   });
+}
+
+/** OpenSSL's verify results for "no certificate we trust issued this one". */
+const missingIssuerErrors = new Set(['UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE']);
+
+/**
+ * The Trust step when the chain did not verify. An upstream that sent only its leaf, issued by an
+ * intermediate we hold ourselves (our chain file), forgot its intermediate: `chain_incomplete`.
+ * When we do not hold the issuer we cannot tell a missing intermediate from a foreign root, so it
+ * stays `cert_untrusted`, with a fix that names both.
+ */
+function trustFailure(chain: X509Certificate[], verifyError: string | undefined, set: CertSet): Step {
+  const reason = classifyPeerVerifyError(verifyError);
+  const detail = verifyError ?? 'not verified';
+  if (reason !== 'cert_untrusted') return failure('Trust', reason, detail);
+  const leaf = chain[0];
+  const onlyLeafSent = chain.length === 1 && missingIssuerErrors.has(verifyError ?? '');
+  const heldIssuer = onlyLeafSent && leaf ? set.chain.slice(1).find((candidate) => issuedBy(leaf, candidate)) : undefined;
+  if (heldIssuer && !isSelfSigned(heldIssuer)) {
+    const issuer = rfc2253(heldIssuer.subject);
+    return failure('Trust', 'chain_incomplete', `${detail}: the upstream sent only its leaf, issued by the intermediate "${issuer}"`, probeFixes.chain_incomplete(issuer));
+  }
+  const issuer = chain.at(-1) ? rfc2253(chain.at(-1)!.issuer) : 'unknown';
+  return failure('Trust', reason, detail, probeFixes.cert_untrusted(issuer, set.files.ca, set.bundle.map((root) => rfc2253(root.subject)), onlyLeafSent));
 }
 
 /** TLS handshake with verification done here (not by OpenSSL) so every problem can be reported. */
 function tlsCheck(host: string, port: number, set: CertSet, options: ProbeOptions, path: string): Promise<Step[]> {
   const steps: Step[] = [];
+  const ourName = set.identity.uris.join(', ') || set.identity.subject;
   return new Promise((resolve) => {
     const socket = tlsConnect({
       ...tlsOptionsFor(set, options.minTls),
@@ -96,7 +121,7 @@ function tlsCheck(host: string, port: number, set: CertSet, options: ProbeOption
       resolve(steps);
     };
     const timer = setTimeout(() => {
-      steps.push(handshakeDone ? { name: 'HTTP', ok: false, detail: `no response within ${options.timeoutMs} ms`, code: 'upstream_timeout' } : failure('TLS', 'handshake_timeout', `no handshake within ${options.timeoutMs} ms`));
+      steps.push(handshakeDone ? { name: 'HTTP', ok: false, detail: `no response within ${options.timeoutMs} ms`, code: 'upstream_timeout', fix: appErrors.upstream_timeout.hint } : failure('TLS', 'handshake_timeout', `no handshake within ${options.timeoutMs} ms`));
       finish();
     }, options.timeoutMs);
     socket.once('secureConnect', () => {
@@ -114,10 +139,7 @@ function tlsCheck(host: string, port: number, set: CertSet, options: ProbeOption
       if (socket.authorized) {
         steps.push({ name: 'Trust', ok: true, detail: `the chain verifies to our bundle (${set.files.ca})` });
       } else {
-        const reason = classifyPeerVerifyError(verifyError);
-        const issuer = summaries.at(-1)?.issuer ?? 'unknown';
-        const fix = reason === 'cert_untrusted' ? `add the CA "${issuer}" to our trust bundle ${set.files.ca}, or have the upstream use a certificate from our mesh CA (our bundle holds: ${set.bundle.map((root) => describeCertificate(root).subject).join('; ')})` : undefined;
-        steps.push(failure('Trust', reason, `${verifyError ?? 'not verified'}`, fix));
+        steps.push(trustFailure(chain, verifyError, set));
       }
       const peer = socket.getPeerCertificate();
       const identityError = peer && Object.keys(peer).length ? upstreamIdentityCheck(options.expectSpiffe, options.trustDomain)(host, peer) : new Error('no certificate');
@@ -126,7 +148,7 @@ function tlsCheck(host: string, port: number, set: CertSet, options: ProbeOption
       } else {
         const reason = classifyTlsError(identityError) ?? 'name_mismatch';
         const sans = summaries[0] ? sanList(summaries[0]) : '(none)';
-        steps.push(failure('Name/identity', reason, identityError.message, reason === 'name_mismatch' ? `the certificate names ${sans}; dial one of those, or re-issue it with ${host}` : undefined));
+        steps.push(failure('Name/identity', reason, identityError.message, reason === 'name_mismatch' ? probeFixes.name_mismatch(sans, host) : undefined));
       }
       // TLS 1.3 servers refuse a client certificate after the handshake: only a request tells.
       socket.write(`GET ${path} HTTP/1.1\r\nHost: ${isIP(host) === 6 ? `[${host}]` : host}:${port}\r\nUser-Agent: mtls-sidecar-probe\r\nConnection: close\r\n\r\n`);
@@ -146,7 +168,7 @@ function tlsCheck(host: string, port: number, set: CertSet, options: ProbeOption
       // A peer that refuses our certificate often just closes (no alert): during the handshake
       // (TLS 1.2) or right after it (TLS 1.3), as the outbound path also infers.
       if (handshakeDone || reason === 'our_cert_rejected' || reason === 'connection_reset') {
-        steps.push(failure('Client certificate', reason === 'connection_reset' ? 'our_cert_rejected' : reason, error.message.split('\n')[0] ?? error.message, `the upstream refused our certificate (${set.identity.uris.join(', ') || set.identity.subject}): is our CA in the upstream's trust bundle, and is our certificate valid (mtls-sidecar check)?`));
+        steps.push(failure('Client certificate', reason === 'connection_reset' ? 'our_cert_rejected' : reason, error.message.split('\n')[0] ?? error.message, probeFixes.our_cert_rejected(ourName)));
       } else {
         steps.push(failure('TLS', reason, error.message.split('\n')[0] ?? error.message));
       }
@@ -154,7 +176,7 @@ function tlsCheck(host: string, port: number, set: CertSet, options: ProbeOption
     });
     socket.once('close', () => {
       if (!settled && handshakeDone && !response) {
-        steps.push(failure('Client certificate', 'our_cert_rejected', 'the upstream closed the connection without answering', `the upstream most likely refused our certificate: is our CA in the upstream's trust bundle?`));
+        steps.push(failure('Client certificate', 'our_cert_rejected', 'the upstream closed the connection without answering (most likely refusing our certificate)', probeFixes.our_cert_rejected(ourName)));
       }
       finish();
     });
@@ -177,7 +199,11 @@ export async function probeCommand(options: ProbeOptions, json: boolean): Promis
     set = await loadCertDir(options.certs);
     steps.push({ name: 'Our certificate', ok: true, detail: `${set.identity.uris.join(', ') || set.identity.subject} (serial ${set.leaf.serialNumber}, ${expiresIn(set.notAfter)}) from ${set.files.cert}` });
   } catch (error) {
-    steps.push({ name: 'Our certificate', ok: false, detail: (error as Error).message, code: error instanceof CertError ? error.code : 'unexpected', fix: 'run `mtls-sidecar check` on the cert dir' });
+    steps.push(
+      error instanceof CertError
+        ? { name: 'Our certificate', ok: false, detail: error.message, code: error.code, fix: probeFixes.our_cert_invalid(error.code) }
+        : { name: 'Our certificate', ok: false, detail: (error as Error).message, code: 'unexpected', fix: diagnosticProblems.unexpected },
+    );
   }
   if (set) {
     const tcp = await tcpCheck(host, port, options.timeoutMs);
