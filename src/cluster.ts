@@ -10,16 +10,17 @@ import { AdminServer } from './admin/server.js';
 import { CertStore } from './certs/store.js';
 import type { Config } from './config.js';
 import { CertError } from './errors.js';
-import { PeerTracker, type PeerRecord } from './inbound/peers.js';
+import { PeerTracker, type PeerSnapshot } from './inbound/peers.js';
 import { ListenError } from './listen.js';
 import type { Logger } from './log.js';
 import type { Registry } from 'prom-client';
 
 type WorkerMessage =
   | { type: 'sidecar:ready'; listeners: Record<string, unknown> }
-  | { type: 'sidecar:peers'; requestId: number; records: PeerRecord[] };
+  | { type: 'sidecar:peers'; requestId: number; snapshot: PeerSnapshot };
 
-type PrimaryMessage = { type: 'sidecar:peers'; requestId: number };
+/** The primary asks every worker for its callers; `windowMs` (`/peers?window=`) lets it say whether it forgot any of that window. */
+type PrimaryMessage = { type: 'sidecar:peers'; requestId: number; windowMs: number };
 
 function isWorkerMessage(message: unknown): message is WorkerMessage {
   return typeof message === 'object' && message !== null && typeof (message as { type?: unknown }).type === 'string' && (message as { type: string }).type.startsWith('sidecar:');
@@ -34,7 +35,7 @@ export const workerChannel = {
     new AggregatorRegistry();
     AggregatorRegistry.setRegistries([registry]);
     process.on('message', (message: PrimaryMessage) => {
-      if (message?.type === 'sidecar:peers') process.send?.({ type: 'sidecar:peers', requestId: message.requestId, records: peers.records() } satisfies WorkerMessage);
+      if (message?.type === 'sidecar:peers') process.send?.({ type: 'sidecar:peers', requestId: message.requestId, snapshot: peers.snapshot(message.windowMs) } satisfies WorkerMessage);
     });
   },
   ready(listeners: Record<string, unknown>): void {
@@ -60,7 +61,7 @@ export async function runPrimary(config: Config, logger: Logger): Promise<number
   const ready = new Map<number, Record<string, unknown>>();
   const aggregator = new AggregatorRegistry();
   let nextRequest = 0;
-  const pendingPeers = new Map<number, { records: PeerRecord[][]; waiting: number; done: () => void }>();
+  const pendingPeers = new Map<number, { snapshots: PeerSnapshot[]; waiting: number; done: () => void }>();
 
   const readiness = {
     reasons(): string[] {
@@ -75,15 +76,20 @@ export async function runPrimary(config: Config, logger: Logger): Promise<number
     },
   };
 
-  const peers = (): Promise<ReturnType<typeof PeerTracker.merged>> =>
+  const peers = (windowMs: number): Promise<ReturnType<typeof PeerTracker.merged>> =>
     new Promise((resolve) => {
       const workers = Object.values(cluster.workers ?? {}).filter((worker): worker is Worker => worker?.isConnected() === true);
       const requestId = (nextRequest += 1);
-      const entry = { records: [] as PeerRecord[][], waiting: workers.length, done: () => resolve(PeerTracker.merged(entry.records)) };
+      const entry = { snapshots: [] as PeerSnapshot[], waiting: workers.length, done: () => resolve(PeerTracker.merged(entry.snapshots, windowMs)) };
       if (workers.length === 0) return entry.done();
       pendingPeers.set(requestId, entry);
-      setTimeout(() => pendingPeers.delete(requestId) && entry.done(), 2000).unref();
-      for (const worker of workers) worker.send({ type: 'sidecar:peers', requestId } satisfies PrimaryMessage);
+      setTimeout(() => {
+        if (!pendingPeers.delete(requestId)) return;
+        // A worker that did not answer may hold callers the report would otherwise vouch for.
+        entry.snapshots.push({ records: [], incomplete: `${entry.waiting} worker(s) did not answer within 2 s` });
+        entry.done();
+      }, 2000).unref();
+      for (const worker of workers) worker.send({ type: 'sidecar:peers', requestId, windowMs } satisfies PrimaryMessage);
     });
 
   const admin = config.admin
@@ -118,7 +124,7 @@ export async function runPrimary(config: Config, logger: Logger): Promise<number
     } else if (message.type === 'sidecar:peers') {
       const entry = pendingPeers.get(message.requestId);
       if (!entry) return;
-      entry.records.push(message.records);
+      entry.snapshots.push(message.snapshot);
       entry.waiting -= 1;
       if (entry.waiting === 0) {
         pendingPeers.delete(message.requestId);

@@ -66,7 +66,7 @@ export async function runSidecar(config: Config, logger: Logger): Promise<Runnin
         store,
         readiness,
         metrics: async () => ({ contentType: metrics.registry.contentType, text: await metrics.registry.metrics() }),
-        peers: async () => peers.report(),
+        peers: async (windowMs) => peers.report(windowMs),
       })
     : undefined;
 
@@ -147,7 +147,7 @@ export async function runSidecar(config: Config, logger: Logger): Promise<Runnin
       clearInterval(idleSweep);
       let code = 0;
       if (outcome === 'timeout') {
-        const open = ((await inbound?.openConnections()) ?? 0) + (tcpUpstreams?.openConnections() ?? 0);
+        const open = ((await inbound?.openConnections()) ?? 0) + (await outbound.openConnections()) + (tcpUpstreams?.openConnections() ?? 0);
         logger.warn({ cutConnections: open, drainTimeoutMs: drainMs }, 'drain timeout: cutting the connections still open');
         inbound?.closeAllConnections();
         outbound.closeAllConnections();

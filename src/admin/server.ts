@@ -1,12 +1,12 @@
 /**
- * Admin listener (SPEC §7): /healthz, /readyz, /metrics, /certs.
+ * Admin listener (SPEC §7): /healthz, /readyz, /metrics, /certs, /peers[?window=DURATION].
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { describeCertificate } from '../certs/describe.js';
 import type { CertStore } from '../certs/store.js';
 import type { ListenAddress } from '../config.js';
 import { listenOn, type BoundAddress } from '../listen.js';
-import type { PeersReport } from '../inbound/peers.js';
+import { defaultWindowMs, parseReportWindow, type PeersReport } from '../inbound/peers.js';
 
 export interface Readiness {
   /** Reasons the sidecar is not ready; empty when ready. */
@@ -18,7 +18,8 @@ export interface AdminSources {
   store: CertStore;
   readiness: Readiness;
   metrics(): Promise<{ contentType: string; text: string }>;
-  peers(): Promise<PeersReport>;
+  /** The migration report over the callers of the last `windowMs`. */
+  peers(windowMs: number): Promise<PeersReport>;
 }
 
 function sendJson(res: ServerResponse, status: number, value: unknown): void {
@@ -35,7 +36,10 @@ export class AdminServer {
     const { store, metrics, readiness, peers } = options;
     this.#address = options.address;
     this.#server = createServer((req: IncomingMessage, res: ServerResponse) => {
-      const path = (req.url ?? '/').split('?')[0];
+      const target = req.url ?? '/';
+      const queryStart = target.indexOf('?');
+      const path = queryStart < 0 ? target : target.slice(0, queryStart);
+      const query = new URLSearchParams(queryStart < 0 ? '' : target.slice(queryStart + 1));
       if (req.method !== 'GET' && req.method !== 'HEAD') {
         sendJson(res, 405, { error: 'method_not_allowed' });
         return;
@@ -74,12 +78,19 @@ export class AdminServer {
           });
           return;
         }
-        case '/peers':
-          peers().then(
+        case '/peers': {
+          const given = query.getAll('window');
+          const requested = given.length === 0 ? { windowMs: defaultWindowMs } : given.length > 1 ? { problem: 'given more than once' } : parseReportWindow(given[0]!);
+          if ('problem' in requested) {
+            sendJson(res, 400, { error: 'invalid_parameter', parameter: 'window', message: `window: ${requested.problem}`, hint: 'GET /peers?window=30s (default 15m)' });
+            return;
+          }
+          peers(requested.windowMs).then(
             (report) => sendJson(res, 200, report),
             (error: Error) => sendJson(res, 500, { error: error.message }),
           );
           return;
+        }
         default:
           sendJson(res, 404, { error: 'not_found', endpoints: ['/healthz', '/readyz', '/metrics', '/certs', '/peers'] });
       }

@@ -3,6 +3,9 @@
  * they connected (mtls, tls without a client certificate, or plaintext). When no caller in the
  * window is anything but mtls, `--mode strict` is safe.
  */
+import { parseDuration } from '../config.js';
+import { ConfigError } from '../errors.js';
+
 export type TransportSecurity = 'mtls' | 'tls' | 'plaintext';
 
 export interface PeerRecord {
@@ -14,18 +17,43 @@ export interface PeerRecord {
   lastSeen: number;
 }
 
+/** One process's callers, with what it knows about a report window. */
+export interface PeerSnapshot {
+  /** Every caller remembered (the report keeps those last seen within its window). */
+  records: PeerRecord[];
+  /** Why some callers of the window are missing (e.g. dropped to stay under the cap), if they are. */
+  incomplete: string | undefined;
+}
+
 const maxPeers = 2000;
-const defaultWindowMs = 15 * 60_000;
+/** The window of `GET /peers` without `?window=`. */
+export const defaultWindowMs = 15 * 60_000;
+/**
+ * How long a caller is remembered after its last request, and so the longest window a report can
+ * cover: a day, so a nightly job that still calls in plaintext shows up before anyone goes strict.
+ */
+export const maxWindowMs = 24 * 60 * 60_000;
+
+/** `?window=` in the CLI's duration syntax (`500ms`, `30s`, `5m`, `1h`, plain seconds), more than 0 and at most `maxWindowMs`. */
+export function parseReportWindow(text: string): { windowMs: number } | { problem: string } {
+  let windowMs: number;
+  try {
+    windowMs = parseDuration('window', text);
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    return { problem: `${JSON.stringify(text)} is not a duration: use 500ms, 30s, 5m, 1h or a plain number of seconds` };
+  }
+  if (windowMs <= 0) return { problem: `${JSON.stringify(text)} is not a window: it must be longer than 0` };
+  if (windowMs > maxWindowMs) return { problem: `${JSON.stringify(text)} is longer than the ${maxWindowMs / 3_600_000} h callers are remembered` };
+  return { windowMs };
+}
 
 export type PeersReport = ReturnType<typeof PeerTracker.reportOf>;
 
 export class PeerTracker {
   readonly #peers = new Map<string, PeerRecord>();
-  readonly #windowMs: number;
-
-  constructor(windowMs = defaultWindowMs) {
-    this.#windowMs = windowMs;
-  }
+  /** lastSeen of the most recently active caller evicted by the cap. */
+  #evictedLastSeen = Number.NEGATIVE_INFINITY;
 
   record(address: string, identity: string, tls: TransportSecurity, now = Date.now()): void {
     // Addresses only (no port): ephemeral ports would make every connection a new caller.
@@ -39,24 +67,33 @@ export class PeerTracker {
       this.#peers.set(key, entry);
       return;
     }
-    if (this.#peers.size >= maxPeers) this.#peers.delete(this.#peers.keys().next().value!);
+    if (this.#peers.size >= maxPeers) {
+      const stalest = this.#peers.keys().next().value!;
+      this.#evictedLastSeen = Math.max(this.#evictedLastSeen, this.#peers.get(stalest)!.lastSeen);
+      this.#peers.delete(stalest);
+    }
     this.#peers.set(key, { address, identity, tls, requests: 1, firstSeen: now, lastSeen: now });
   }
 
-  /** The raw records in the window (for a cluster primary to merge). */
-  records(now = Date.now()): PeerRecord[] {
-    for (const [key, entry] of this.#peers) if (now - entry.lastSeen > this.#windowMs) this.#peers.delete(key);
-    return [...this.#peers.values()];
+  /**
+   * Every caller remembered, for this process's report or a cluster primary to merge (before the
+   * window is applied, so a caller's count is its total whichever worker saw it last).
+   */
+  snapshot(windowMs = defaultWindowMs, now = Date.now()): PeerSnapshot {
+    for (const [key, entry] of this.#peers) if (now - entry.lastSeen > maxWindowMs) this.#peers.delete(key);
+    const records = [...this.#peers.values()];
+    const forgotten = now - this.#evictedLastSeen <= windowMs;
+    return { records, incomplete: forgotten ? `more than ${maxPeers} callers in the window: the least recent were forgotten` : undefined };
   }
 
-  report(now = Date.now()): PeersReport {
-    return PeerTracker.reportOf(this.records(now), this.#windowMs);
+  report(windowMs = defaultWindowMs, now = Date.now()): PeersReport {
+    return PeerTracker.reportOf(this.snapshot(windowMs, now), windowMs, now);
   }
 
-  /** One report over several processes' records (--workers): same caller, counts added. */
-  static merged(recordSets: PeerRecord[][], windowMs = defaultWindowMs): PeersReport {
+  /** One report over several processes' snapshots (--workers): same caller, counts added. */
+  static merged(snapshots: PeerSnapshot[], windowMs: number, now = Date.now()): PeersReport {
     const merged = new Map<string, PeerRecord>();
-    for (const entry of recordSets.flat()) {
+    for (const entry of snapshots.flatMap((snapshot) => snapshot.records)) {
       const key = `${entry.address}|${entry.tls}|${entry.identity}`;
       const seen = merged.get(key);
       if (!seen) merged.set(key, { ...entry });
@@ -66,11 +103,14 @@ export class PeerTracker {
         seen.lastSeen = Math.max(seen.lastSeen, entry.lastSeen);
       }
     }
-    return PeerTracker.reportOf([...merged.values()], windowMs);
+    const reasons = [...new Set(snapshots.map((snapshot) => snapshot.incomplete).filter((reason) => reason !== undefined))];
+    return PeerTracker.reportOf({ records: [...merged.values()], incomplete: reasons.length ? reasons.join('; ') : undefined }, windowMs, now);
   }
 
-  static reportOf(records: PeerRecord[], windowMs: number) {
-    const peers = [...records]
+  /** The report over the callers last seen within `windowMs` before `now`. */
+  static reportOf(snapshot: PeerSnapshot, windowMs: number, now: number) {
+    const peers = snapshot.records
+      .filter((entry) => now - entry.lastSeen <= windowMs)
       .sort((a, b) => b.lastSeen - a.lastSeen)
       .map((entry) => ({
         address: entry.address,
@@ -85,11 +125,15 @@ export class PeerTracker {
     return {
       windowSeconds: windowMs / 1000,
       summary: { mtls: count('mtls'), tls: count('tls'), plaintext: count('plaintext') },
-      strictSafe: notMtls === 0,
+      // A report missing callers of its window cannot vouch for them.
+      complete: snapshot.incomplete === undefined,
+      strictSafe: notMtls === 0 && snapshot.incomplete === undefined,
       verdict:
-        notMtls === 0
-          ? 'every caller seen in the window used mTLS: --mode strict is safe'
-          : `${notMtls} caller(s) in the window did not use mTLS: move them to mTLS before switching to --mode strict`,
+        notMtls > 0
+          ? `${notMtls} caller(s) in the window did not use mTLS: move them to mTLS before switching to --mode strict`
+          : snapshot.incomplete !== undefined
+            ? `this report cannot show that every caller used mTLS: ${snapshot.incomplete}`
+            : 'every caller seen in the window used mTLS: --mode strict is safe',
       peers,
     };
   }

@@ -1,12 +1,14 @@
 // Helpers for identity, allow-list, XFCC and permissive-mode tests: leaves with arbitrary subjects
-// (minted by the openssl CLI), what openssl says about a certificate, and the admin /metrics and
-// /peers reports.
+// (minted by the openssl CLI), what openssl says about a certificate, the admin /metrics and
+// /peers reports, and a stand-in for a Kubernetes Service in front of server replicas.
 import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
+import { connect as netConnect, createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
+import { listenLoopback } from './apps.js';
 import { plainRequest } from './clients.js';
 import { describeCertificate, freshDir, openssl, type CertificateAuthority, type Leaf } from './pki.js';
-import type { Sidecar } from './sidecar.js';
+import type { Address, Sidecar } from './sidecar.js';
 
 export interface SubjectLeafOptions {
   /** openssl `-subj` form, most significant RDN first: `/O=Acme, Inc/OU=Payments/CN=client`. */
@@ -104,12 +106,67 @@ export interface PeerEntry {
 }
 
 export interface PeersReport {
+  windowSeconds: number;
+  summary: Record<'mtls' | 'tls' | 'plaintext', number>;
+  complete: boolean;
+  strictSafe: boolean;
+  verdict: string;
   peers: PeerEntry[];
-  [field: string]: unknown;
 }
 
-export async function fetchPeers(sidecar: Sidecar): Promise<PeersReport> {
-  const response = await plainRequest({ host: sidecar.admin.host, port: sidecar.admin.port, path: '/peers' });
-  if (response.status !== 200) throw new Error(`/peers answered ${response.status}: ${response.text}`);
+/** GET /peers, or /peers?window=WINDOW; throws unless the answer is 200. */
+export async function fetchPeers(sidecar: Sidecar, window?: string): Promise<PeersReport> {
+  const path = window === undefined ? '/peers' : `/peers?window=${encodeURIComponent(window)}`;
+  const response = await plainRequest({ host: sidecar.admin.host, port: sidecar.admin.port, path });
+  if (response.status !== 200) throw new Error(`${path} answered ${response.status}: ${response.text}`);
   return response.json<PeersReport>();
+}
+
+// ---- a Service in front of server replicas ----
+
+export interface ServiceStandIn {
+  /** Where callers connect: 127.0.0.1 and a port of its own (the Service's cluster IP and port). */
+  readonly address: Address;
+  /** Sends new connections to `endpoint`; established ones stay where they are, as with kube-proxy. */
+  route(endpoint: Address): void;
+  close(): Promise<void>;
+}
+
+/**
+ * A stand-in for a Kubernetes Service (kube-proxy): an L4 forwarder that connects each new
+ * connection to the current endpoint from the caller's own source address (kube-proxy keeps the
+ * pod IP), and pipes bytes both ways, half-close included. TLS passes through untouched.
+ */
+export async function startServiceStandIn(endpoint: Address): Promise<ServiceStandIn> {
+  let current = endpoint;
+  const sockets = new Set<Socket>();
+  const server = createServer({ allowHalfOpen: true }, (client) => {
+    const upstream = netConnect({ host: current.host, port: current.port, localAddress: client.remoteAddress, allowHalfOpen: true });
+    for (const socket of [client, upstream]) {
+      sockets.add(socket);
+      socket.once('close', () => sockets.delete(socket));
+    }
+    // An error or close on either side (a reset included) ends both, as a NAT'd connection would.
+    const cut = () => {
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('error', cut);
+    upstream.on('error', cut);
+    client.once('close', cut);
+    upstream.once('close', cut);
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  const port = await listenLoopback(server);
+  return {
+    address: { host: '127.0.0.1', port },
+    route(next) {
+      current = next;
+    },
+    async close() {
+      for (const socket of sockets) socket.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
 }
