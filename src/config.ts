@@ -230,6 +230,26 @@ function splitEnvList(value: string): string[] {
   return value.split(',').map((item) => item.trim()).filter((item) => item !== '');
 }
 
+/**
+ * Boolean flags. yargs gives the flag form a boolean (`--insecure-skip-verify`, `=true`, `=false`);
+ * an env value arrives as text (readEnv keeps a word it does not know as text). A value that is
+ * none of these words is an error, not false: `SIDECAR_INSECURE_SKIP_VERIFY=maybe` must not
+ * quietly mean "verify" any more than "skip".
+ */
+const booleanWords: Readonly<Record<string, boolean>> = { true: true, false: false, '1': true, '0': false, yes: true, no: false };
+
+/** A boolean word (any case), or undefined when `text` is none of them. */
+function booleanFromText(text: string): boolean | undefined {
+  return booleanWords[text.trim().toLowerCase()];
+}
+
+function parseBoolean(flag: string, value: unknown): boolean {
+  if (typeof value === 'boolean') return value;
+  const parsed = typeof value === 'string' ? booleanFromText(value) : undefined;
+  if (parsed === undefined) throw new ConfigError(flag, value, `${envName(flag)} takes true, false, 1, 0, yes or no`);
+  return parsed;
+}
+
 function nonNegativeInteger(flag: string, value: unknown): number {
   const number = Number(value);
   if (!Number.isInteger(number) || number < 0) throw new ConfigError(flag, value, 'a whole number, 0 or more');
@@ -296,7 +316,7 @@ export function buildConfig(args: RawRunArgs): Config {
     protocol,
     proxyProtocol,
     minTls: minTls === '1.3' ? 'TLSv1.3' : 'TLSv1.2',
-    insecureSkipVerify: args['insecure-skip-verify'] === true,
+    insecureSkipVerify: parseBoolean('insecure-skip-verify', args['insecure-skip-verify'] ?? false),
     reloadIntervalMs: parseDuration('reload-interval', args['reload-interval'] ?? runOptions['reload-interval'].default),
     workers,
     timeouts: {
@@ -341,7 +361,8 @@ export function readEnv(
     }
     const spec = options[flag]!;
     if (spec.type === 'array') values[flag] = splitEnvList(raw);
-    else if (spec.type === 'boolean') values[flag] = /^(1|true|yes|on)$/i.test(raw.trim());
+    // An invalid boolean is kept as text, so that buildConfig reports it (exit 2) naming the flag.
+    else if (spec.type === 'boolean') values[flag] = booleanFromText(raw) ?? raw;
     else values[flag] = raw;
   }
   return { values, unknown };

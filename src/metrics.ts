@@ -78,6 +78,14 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly insecureSkipVerify = new Gauge({
+    name: 'sidecar_insecure_skip_verify',
+    help: '1 while --insecure-skip-verify is on (upstream certificates are not verified), else 0',
+    // --workers: every worker has the same flag; the cluster's value is 1, not the number of workers.
+    aggregator: 'max',
+    registers: [this.registry],
+  });
+
   constructor() {
     collectDefaultMetrics({ register: this.registry });
     for (const result of ['success', 'error']) this.certReloads.inc({ result }, 0);

@@ -50,6 +50,15 @@ export function classifyUpstreamError(error: Error, connection?: ConnectionFacts
   return { code: tlsFailureToAppError[tlsReason] ?? 'upstream_tls_error', tlsReason };
 }
 
+/**
+ * The logger of the outbound side: with --insecure-skip-verify every line it writes (requests,
+ * tunnels, failures, refused requests, TCP connections) carries `insecureSkipVerify: true`, so
+ * unverified traffic can always be told from verified traffic in the logs.
+ */
+export function outboundLogger(logger: Logger, config: Pick<Config, 'insecureSkipVerify'>): Logger {
+  return config.insecureSkipVerify ? logger.child({ insecureSkipVerify: true }) : logger;
+}
+
 function authority(host: string, port: number): string {
   return isIP(host) === 6 ? `[${host}]:${port}` : `${host}:${port}`;
 }
@@ -72,14 +81,14 @@ export class OutboundListeners {
   constructor(options: { config: Config; agents: UpstreamAgents; logger: Logger; metrics: Metrics }) {
     this.#config = options.config;
     this.#agents = options.agents;
-    this.#logger = options.logger;
+    this.#logger = outboundLogger(options.logger, options.config);
     this.#metrics = options.metrics;
-    this.#clientError = clientErrorHandler('outbound', options.logger, options.metrics);
+    this.#clientError = clientErrorHandler('outbound', this.#logger, options.metrics);
     this.#forwarder = new Forwarder({
       direction: 'outbound',
       timeouts: options.config.timeouts,
       maxHeaderSize: options.config.maxHeaderSize,
-      logger: options.logger,
+      logger: this.#logger,
       metrics: options.metrics,
       classify: (error, connection) => {
         const { code, tlsReason } = classifyUpstreamError(error, connection);
@@ -87,6 +96,7 @@ export class OutboundListeners {
         return code;
       },
     });
+    this.#metrics.insecureSkipVerify.set(options.config.insecureSkipVerify ? 1 : 0);
     if (options.config.insecureSkipVerify) {
       this.#logger.warn('--insecure-skip-verify is set: upstream certificates are NOT verified; anyone on the path can impersonate upstreams. Development only.');
     }
@@ -114,6 +124,12 @@ export class OutboundListeners {
 
   closeAllConnections(): void {
     for (const server of this.#servers) server.closeAllConnections();
+  }
+
+  /** Connections still open on the forward proxy and the --upstream listeners (CONNECT tunnels included). */
+  openConnections(): Promise<number> {
+    const counts = this.#servers.map((server) => new Promise<number>((resolve) => server.getConnections((_error, count) => resolve(count))));
+    return Promise.all(counts).then((each) => each.reduce((sum, count) => sum + count, 0));
   }
 
   close(): Promise<void> {
@@ -150,7 +166,7 @@ export class OutboundListeners {
       // The upstream expects its own name, not the local listener's or the proxy's.
       host: where,
       peer: 'app',
-      logFields: { upstream: where, ...(this.#config.insecureSkipVerify ? { insecureSkipVerify: true } : {}) },
+      logFields: { upstream: where },
     };
   }
 

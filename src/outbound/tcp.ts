@@ -18,7 +18,7 @@ import { pipeBothWays } from '../pipe.js';
 import { tlsOptionsFor } from '../tls.js';
 import { alpnProtocols } from '../inbound/tcp.js';
 import { upstreamIdentityCheck } from './agents.js';
-import { classifyUpstreamError } from './proxy.js';
+import { classifyUpstreamError, outboundLogger } from './proxy.js';
 
 export class TcpUpstreamListeners {
   readonly #config: Config;
@@ -33,7 +33,7 @@ export class TcpUpstreamListeners {
   constructor(options: { config: Config; store: CertStore; logger: Logger; metrics: Metrics }) {
     this.#config = options.config;
     this.#store = options.store;
-    this.#logger = options.logger;
+    this.#logger = outboundLogger(options.logger, options.config);
     this.#metrics = options.metrics;
     // A session from the old generation would resume with the old client certificate.
     options.store.on('update', () => (this.#sessions = new Map()));
@@ -108,7 +108,7 @@ export class TcpUpstreamListeners {
       pipeBothWays(client, upstream, (stats) => {
         this.#metrics.tcpConnections.inc({ direction: 'outbound', result: stats.error ? 'error' : 'ok' });
         this.#logger.info(
-          { direction: 'outbound', protocol: 'tcp', upstream: where, alpn: upstream.alpnProtocol || undefined, resumed, bytesOut: stats.bytesUp, bytesIn: stats.bytesDown, durationMs: stats.durationMs, ...(insecure ? { insecureSkipVerify: true } : {}), ...(stats.error ? { error: stats.error.message } : {}) },
+          { direction: 'outbound', protocol: 'tcp', upstream: where, alpn: upstream.alpnProtocol || undefined, resumed, bytesOut: stats.bytesUp, bytesIn: stats.bytesDown, durationMs: stats.durationMs, ...(stats.error ? { error: stats.error.message } : {}) },
           'connection',
         );
       });

@@ -1,18 +1,19 @@
 // Helpers for operability tests: the /metrics scrape read by a real Prometheus text parser,
 // misbehaving peers (a TLS upstream or an app that accepts and never answers, a TLS server that
-// refuses our client certificate at a chosen TLS version), a raw TLS client that reports its own
-// source port (so a "TLS handshake failed" line can be matched to the exact connection), and what
-// the openssl CLI says about a certificate's validity.
+// refuses our client certificate at a chosen TLS version or accepts only chosen ciphers), an
+// upstream that records each TLS connection it accepts (pooling), a raw TLS client that reports
+// its own source port (so a "TLS handshake failed" line can be matched to the exact connection),
+// the CLI run behind a launcher (another user), and what the openssl CLI says about a certificate.
 import { spawn } from 'node:child_process';
 import { createServer as createHttpServer } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { connect as netConnect, type Socket } from 'node:net';
-import { connect as tlsConnect, type SecureVersion } from 'node:tls';
+import { connect as tlsConnect, type SecureVersion, type TLSSocket } from 'node:tls';
 import parsePrometheusTextFormat, { type PrometheusFamily } from 'parse-prometheus-text-format';
 import { closeServer, listenLoopback } from './apps.js';
-import { plainRequest, runCommand } from './clients.js';
+import { plainRequest, runCommand, type CommandResult } from './clients.js';
 import { openssl } from './pki.js';
-import type { Address, LogLine, Sidecar } from './sidecar.js';
+import { CLI_PATH, REPO_ROOT, type Address, type LogLine, type Sidecar } from './sidecar.js';
 
 export type { PrometheusFamily };
 
@@ -105,6 +106,39 @@ export async function startClientCertCheckingServer(options: { certPem: string; 
   server.on('tlsClientError', (error) => handshakeErrors.push(error.message));
   const port = await listenLoopback(server);
   return { port, received, handshakeErrors, close: () => closeServer(server) };
+}
+
+export interface ConnectionCountingServer {
+  readonly port: number;
+  /** One entry per TLS connection accepted, in order: its SNI (null without) and the paths it carried. */
+  readonly connections: Array<{ servername: string | null; paths: string[] }>;
+  close(): Promise<void>;
+}
+
+/** An HTTPS upstream (keep-alive; answers every request 200) that records each TLS connection it accepts. */
+export async function startConnectionCountingTlsServer(options: { certPem: string; keyPem: string }): Promise<ConnectionCountingServer> {
+  const connections: ConnectionCountingServer['connections'] = [];
+  const indexOf = new WeakMap<TLSSocket, number>();
+  const server = createHttpsServer({ cert: options.certPem, key: options.keyPem }, (request, response) => {
+    const index = indexOf.get(request.socket as TLSSocket);
+    if (index !== undefined) connections[index]!.paths.push(request.url ?? '');
+    response.end(JSON.stringify({ connection: index ?? null }));
+  });
+  server.on('secureConnection', (socket: TLSSocket) => {
+    indexOf.set(socket, connections.length);
+    connections.push({ servername: (socket as TLSSocket & { servername?: string | false }).servername || null, paths: [] });
+  });
+  const port = await listenLoopback(server);
+  return { port, connections, close: () => closeServer(server) };
+}
+
+// ---- the CLI behind a launcher ----
+
+/** `node dist/cli.js ...args` behind `launcher` (e.g. `setpriv --reuid=…`), to completion, without SIDECAR_* variables. */
+export function runCliAs(launcher: string[], args: string[], timeoutMs = 15000): Promise<CommandResult> {
+  const env = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('SIDECAR_')));
+  const [file, ...rest] = [...launcher, process.execPath, CLI_PATH, ...args];
+  return runCommand(file!, rest, { env, timeoutMs, cwd: REPO_ROOT });
 }
 
 // ---- a TLS client that knows its own address ----
@@ -231,14 +265,19 @@ export async function opensslSanEntries(certPem: string): Promise<string[]> {
 }
 
 /**
- * A TLS 1.1-only ClientHello from `openssl s_client -tls1_1` (security level 0, which OpenSSL 3
- * needs to offer TLS 1.1 at all). `refusedLocally` is set when this openssl will not even send it.
+ * A ClientHello from `openssl s_client` with the given protocol/cipher options (an old or weak
+ * client). `refusedLocally` is set when this openssl will not even send it.
  */
-export async function opensslTls11Attempt(address: Address): Promise<{ output: string; refusedLocally: string | undefined }> {
-  const result = await runCommand('openssl', ['s_client', '-connect', `${address.host}:${address.port}`, '-tls1_1', '-cipher', 'DEFAULT:@SECLEVEL=0', '-servername', 'localhost'], { timeoutMs: 10000 });
+export async function opensslClientAttempt(address: Address, options: string[]): Promise<{ output: string; refusedLocally: string | undefined }> {
+  const result = await runCommand('openssl', ['s_client', '-connect', `${address.host}:${address.port}`, ...options, '-servername', 'localhost'], { timeoutMs: 10000 });
   const output = `${result.stdout}\n${result.stderr}`;
-  const local = /no protocols available|unknown option|Option unknown|wrong version number.*ssl_cipher|no ciphers available/i.exec(output);
-  return { output, refusedLocally: local ? `openssl s_client refuses TLS 1.1 here: ${local[0]}` : undefined };
+  const local = /no protocols available|unknown option|Option unknown|wrong version number.*ssl_cipher|no ciphers available|no cipher match/i.exec(output);
+  return { output, refusedLocally: local ? `openssl s_client ${options.join(' ')} refuses to connect here: ${local[0]}` : undefined };
+}
+
+/** A TLS 1.1-only client (security level 0, which OpenSSL 3 needs to offer TLS 1.1 at all). */
+export function opensslTls11Attempt(address: Address): ReturnType<typeof opensslClientAttempt> {
+  return opensslClientAttempt(address, ['-tls1_1', '-cipher', 'DEFAULT:@SECLEVEL=0']);
 }
 
 /** Plain HTTP sent to a (TLS) port; reports the source port and whatever came back. */
@@ -258,12 +297,15 @@ export interface OpensslServer {
 }
 
 /**
- * `openssl s_server -www` requiring a client certificate that verifies against `caPath`
- * (`-Verify 1`), limited to one TLS version. Unlike node's server, OpenSSL refuses a bad client
- * certificate with an alert (unknown_ca), as nginx, Envoy and most OpenSSL-based servers do.
+ * `openssl s_server -www` limited to one TLS version. With `caPath` it requires a client
+ * certificate that verifies against it (`-Verify 1`): unlike node's server, OpenSSL refuses a bad
+ * client certificate with an alert (unknown_ca), as nginx, Envoy and most OpenSSL-based servers do.
+ * `cipher` limits the TLS 1.2 suites it accepts (e.g. CBC only).
  */
-export async function startOpensslServer(options: { certPath: string; keyPath: string; caPath: string; version: 'tls1_2' | 'tls1_3' }): Promise<OpensslServer> {
-  const child = spawn('openssl', ['s_server', '-accept', '127.0.0.1:0', '-cert', options.certPath, '-key', options.keyPath, '-CAfile', options.caPath, '-Verify', '1', '-verify_return_error', '-www', `-${options.version}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+export async function startOpensslServer(options: { certPath: string; keyPath: string; caPath?: string; version: 'tls1_2' | 'tls1_3'; cipher?: string }): Promise<OpensslServer> {
+  const verify = options.caPath ? ['-CAfile', options.caPath, '-Verify', '1', '-verify_return_error'] : [];
+  const cipher = options.cipher ? ['-cipher', options.cipher] : [];
+  const child = spawn('openssl', ['s_server', '-accept', '127.0.0.1:0', '-cert', options.certPath, '-key', options.keyPath, ...verify, ...cipher, '-www', `-${options.version}`], { stdio: ['ignore', 'pipe', 'pipe'] });
   let text = '';
   const port = await new Promise<number>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`openssl s_server did not start:\n${text}`)), 5000);
