@@ -12,7 +12,9 @@ import { after, before, describe, test } from 'node:test';
 import { assertSidecarError } from './helpers/assertions.js';
 import { sha256Hex, startEchoApp, type EchoApp, type EchoReply } from './helpers/apps.js';
 import { curl, mtlsRequest, plainRequest, proxyRequest, type HttpResult } from './helpers/clients.js';
-import { metricValue, openFds, pollUntil, requestLogs, sleep, startRawApp, startScriptedApp, type RawApp, type ScriptedApp } from './helpers/hardening.js';
+import {
+  metricValue, openFds, pollUntil, requestLogs, sleep, startRawApp, startScriptedApp, startUnprivilegedSidecar, unprivilegedReachableDir, unprivilegedUnavailable, UNPRIVILEGED_ID, type RawApp, type ScriptedApp,
+} from './helpers/hardening.js';
 import { freshDir, makeService, sharedRootCA, type CertificateAuthority, type ServiceIdentity } from './helpers/pki.js';
 import { openTls, rawTlsExchange } from './helpers/raw.js';
 import { freePort, startSidecar, stopAllSidecars, type Sidecar } from './helpers/sidecar.js';
@@ -318,7 +320,7 @@ describe('hardening: failures never kill the sidecar', () => {
       }
     });
 
-    const broken: Array<{ name: string; prepare: (dir: string) => Promise<string>; skip?: string }> = [
+    const broken: Array<{ name: string; prepare: (dir: string) => Promise<string> }> = [
       { name: 'socket file missing', prepare: async (dir) => join(dir, 'missing.sock') },
       {
         name: 'path is a regular file, not a socket',
@@ -334,26 +336,9 @@ describe('hardening: failures never kill the sidecar', () => {
           return join(dir, 'notdir', 'app.sock');
         },
       },
-      {
-        name: 'socket directory not permitted (chmod 000)',
-        skip: process.getuid?.() === 0 ? 'root bypasses file permissions' : undefined,
-        prepare: async (dir) => {
-          const locked = join(dir, 'locked');
-          await mkdir(locked);
-          const app = await startEchoApp({ unixSocketPath: join(locked, 'app.sock') });
-          cleanups.push(() => app.close());
-          await chmod(locked, 0o000);
-          cleanups.push(() => chmod(locked, 0o700));
-          return join(locked, 'app.sock');
-        },
-      },
     ];
-    const cleanups: Array<() => Promise<unknown>> = [];
-    after(async () => {
-      for (const cleanup of cleanups.reverse()) await cleanup();
-    });
-    for (const { name, prepare, skip } of broken) {
-      test(`${name}: 502 app_refused, logged, no crash`, { skip }, async () => {
+    for (const { name, prepare } of broken) {
+      test(`${name}: 502 app_refused, logged, no crash`, async () => {
         const socketPath = await prepare(await freshDir('unix-broken'));
         const sidecar = await startSidecar(['--cert-dir', serviceB.certDir, '--app', `unix:${socketPath}`, '--outbound', 'off', '--admin', 'off']);
         const response = await call(sidecar, '/broken');
@@ -364,5 +349,42 @@ describe('hardening: failures never kill the sidecar', () => {
         await sidecar.stop();
       });
     }
+
+    test('socket directory not permitted (chmod 000): 502 app_refused, logged, no crash; the same socket answers once permitted', async (t) => {
+      // Root ignores permission bits: as root (CI) the sidecar runs as uid 65534 (setpriv).
+      const unavailable = await unprivilegedUnavailable();
+      if (unavailable) {
+        t.skip(unavailable);
+        return;
+      }
+      const locked = join(await unprivilegedReachableDir(), 'locked');
+      await mkdir(locked, { mode: 0o755 });
+      const socketPath = join(locked, 'app.sock');
+      const app = await startEchoApp({ unixSocketPath: socketPath });
+      // Connecting needs write permission on the socket file: only the directory may be what refuses.
+      await chmod(socketPath, 0o777);
+      const args = ['--app', `unix:${socketPath}`, '--outbound', 'off', '--admin', 'off'];
+      // A pooled connection would outlive the chmod, so the control runs on a sidecar of its own.
+      const control = await startUnprivilegedSidecar(serviceB.certDir, args);
+      const permitted = await call(control, '/permitted');
+      await control.stop();
+      assert.equal(permitted.status, 200, `as uid ${UNPRIVILEGED_ID}, the socket in a permitted directory must answer: ${permitted.text}`);
+      await chmod(locked, 0o000);
+      const sidecar = await startUnprivilegedSidecar(serviceB.certDir, args);
+      try {
+        const response = await call(sidecar, '/broken');
+        assertSidecarError(response, 502, 'app_refused');
+        const line = await sidecar.waitForLog((entry) => entry.msg === 'forwarding failed' && entry.path === '/broken', 5000);
+        assert.equal(line.error, 'app_refused');
+        assert.equal(line.errno, 'EACCES', JSON.stringify(line));
+        assert.equal(sidecar.child.exitCode, null);
+        await chmod(locked, 0o755);
+        assert.equal((await call(sidecar, '/permitted-again')).status, 200, 'serving again once the directory is permitted');
+      } finally {
+        await sidecar.stop();
+        await chmod(locked, 0o755);
+        await app.close();
+      }
+    });
   });
 });

@@ -5,7 +5,7 @@ import { rm } from 'node:fs/promises';
 import { createServer as createHttpServer, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import type { AddressInfo, Server as NetServer } from 'node:net';
-import type { TLSSocket } from 'node:tls';
+import type { SecureVersion, TLSSocket } from 'node:tls';
 
 /** What the echo app answers for any route other than /bytes and /slow. */
 export interface EchoReply {
@@ -169,24 +169,39 @@ export interface TlsTestServer {
   readonly requests: TlsServerReply[];
   /** TLS handshakes that failed, with the error message. */
   readonly handshakeErrors: string[];
+  /** Every completed handshake: the protocol and suite (OpenSSL name) that were negotiated. */
+  readonly handshakes: Array<{ protocol: string | null; cipher: string }>;
   close(): Promise<void>;
+}
+
+/** TLS settings of the test upstream beyond Node's defaults, e.g. to offer only one suite. */
+export interface TlsServerSettings {
+  /** OpenSSL cipher list for TLS 1.2 and below. */
+  ciphers?: string;
+  maxVersion?: SecureVersion;
+  /** Choose the suite by the server's `ciphers` order rather than the client's. */
+  honorCipherOrder?: boolean;
 }
 
 /**
  * An HTTPS upstream (node https) with the given chain and key. With `requireClientCert`, a client
- * certificate that does not verify against `ca` fails the handshake. `/bytes?n=N` serves N
- * deterministic bytes; anything else answers JSON describing the request and the client cert.
+ * certificate that does not verify against `ca` fails the handshake; `tls` narrows what it offers.
+ * `/bytes?n=N` serves N deterministic bytes; anything else answers JSON describing the request and
+ * the client cert.
  */
 export async function startTlsServer(options: {
   certPem: string;
   keyPem: string;
   ca?: string;
   requireClientCert?: boolean;
+  tls?: TlsServerSettings;
 }): Promise<TlsTestServer> {
   const requests: TlsServerReply[] = [];
   const handshakeErrors: string[] = [];
+  const handshakes: TlsTestServer['handshakes'] = [];
   const server = createHttpsServer(
     {
+      ...options.tls,
       cert: options.certPem,
       key: options.keyPem,
       ca: options.ca,
@@ -225,12 +240,14 @@ export async function startTlsServer(options: {
     },
   );
   server.on('tlsClientError', (error) => handshakeErrors.push(error.message));
+  server.on('secureConnection', (socket: TLSSocket) => handshakes.push({ protocol: socket.getProtocol(), cipher: socket.getCipher().name }));
   const port = await listenLoopback(server);
   return {
     port,
     host: '127.0.0.1',
     requests,
     handshakeErrors,
+    handshakes,
     close: () => closeServer(server),
   };
 }
