@@ -5,27 +5,23 @@
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { CHART_FILE, RESULTS_FILE, writeChart } from './chart.js';
 import { installSignalHandlers, interruptedBySignal, onCleanup, runCleanup } from './lib/cleanup.js';
-import { startAppNginx } from './lib/nginx.js';
-import { mintBenchPki, type KeyType } from './lib/pki.js';
+import { APP_DESCRIPTION, startAppNginx } from './lib/nginx.js';
+import { mintBenchPki, type BenchPki, type KeyType } from './lib/pki.js';
 import { freePort } from './lib/processes.js';
 import { SIDECAR_LOG_LEVEL, sidecarBuilt } from './lib/sidecar.js';
 import { ensureTools } from './lib/tools.js';
 import { handshakes } from './scenarios/handshakes.js';
+import { idle } from './scenarios/idle.js';
 import { keepaliveHop } from './scenarios/keepalive-hop.js';
+import { largeBody } from './scenarios/large-body.js';
 import { soak } from './scenarios/soak.js';
-import type { BenchContext, BenchSettings, Scenario, ScenarioReport, Table } from './scenarios/scenario.js';
+import { keyName, type BenchContext, type BenchSettings, type Scenario, type ScenarioReport, type Table } from './scenarios/scenario.js';
 
-const scenarios: Scenario[] = [keepaliveHop, handshakes, soak];
-/** Named in issues but not written yet; asking for one says so instead of "unknown". */
-const planned: Record<string, string> = {
-  'large-body': '1 MB request and response bodies',
-  'idle-rss': 'memory of an idle sidecar',
-};
-
-const benchDir = path.dirname(fileURLToPath(import.meta.url));
-const resultsFile = path.join(benchDir, 'results', 'latest.json');
+const scenarios: Scenario[] = [keepaliveHop, largeBody, handshakes, idle, soak];
+/** Not a scenario: redraws bench/results/chart.svg from the last results, without measuring. */
+const CHART_COMMAND = 'chart';
 
 class UsageError extends Error {}
 
@@ -35,14 +31,17 @@ function usage(): string {
     '',
     'scenarios:',
     ...scenarios.map((scenario) => `  ${scenario.name.padEnd(12)} ${scenario.summary}`),
-    ...Object.entries(planned).map(([name, summary]) => `  ${name.padEnd(12)} (not implemented yet) ${summary}`),
+    '',
+    `  ${CHART_COMMAND.padEnd(12)} only redraw ${path.relative(process.cwd(), CHART_FILE)} from ${path.relative(process.cwd(), RESULTS_FILE)} (also done after every run)`,
     '',
     'environment:',
     '  BENCH_DURATION=10s     measured time per setup (wrk syntax: 30s, 1m)',
     '  BENCH_WARMUP=2s        warm-up per setup before measuring',
     '  BENCH_CONNECTIONS=50   wrk connections;  BENCH_THREADS=2 wrk threads',
-    '  BENCH_KEY=rsa|ec       RSA 2048 (default, like `certs issue`) or EC P-256',
+    '  BENCH_LARGE_BODY_CONNECTIONS=10  wrk connections in "large-body"',
+    '  BENCH_KEY=rsa|ec       RSA 2048 (default, like `certs issue`) or EC P-256 ("handshakes" always runs both)',
     '  BENCH_HANDSHAKE_CLIENTS=2  parallel openssl s_time clients in "handshakes"',
+    '  BENCH_IDLE_CONNECTIONS=1000  idle keep-alive connections held in "idle"',
     '  BENCH_NGINX, BENCH_WRK paths to nginx / wrk if not on PATH',
     '  SOAK_DURATION=60s      load time of "soak" (60s, 5m, or seconds)',
   ].join('\n');
@@ -67,12 +66,18 @@ function readSettings(): BenchSettings {
   if (keyType !== 'rsa' && keyType !== 'ec') throw new UsageError(`BENCH_KEY=${keyType}: expected rsa or ec`);
   const threads = positiveInteger('BENCH_THREADS', process.env.BENCH_THREADS ?? '2');
   const connections = positiveInteger('BENCH_CONNECTIONS', process.env.BENCH_CONNECTIONS ?? '50');
-  if (connections < threads) throw new UsageError(`BENCH_CONNECTIONS (${connections}) must be at least BENCH_THREADS (${threads})`);
-  return { duration, durationSeconds: durationSeconds('BENCH_DURATION', duration), warmup, connections, threads, keyType };
+  const largeBodyConnections = positiveInteger('BENCH_LARGE_BODY_CONNECTIONS', process.env.BENCH_LARGE_BODY_CONNECTIONS ?? '10');
+  for (const [name, value] of [['BENCH_CONNECTIONS', connections], ['BENCH_LARGE_BODY_CONNECTIONS', largeBodyConnections]] as const) {
+    if (value < threads) throw new UsageError(`${name} (${value}) must be at least BENCH_THREADS (${threads})`);
+  }
+  return { duration, durationSeconds: durationSeconds('BENCH_DURATION', duration), warmup, connections, threads, largeBodyConnections, keyType };
 }
 
-function selectScenarios(args: string[]): Scenario[] {
-  const names = args.filter((arg) => arg !== '--');
+function commandLine(): string[] {
+  return process.argv.slice(2).filter((arg) => arg !== '--');
+}
+
+function selectScenarios(names: string[]): Scenario[] {
   if (names.includes('--help') || names.includes('-h')) {
     process.stdout.write(`${usage()}\n`);
     process.exit(0);
@@ -81,15 +86,20 @@ function selectScenarios(args: string[]): Scenario[] {
   return names.map((name) => {
     const scenario = scenarios.find((candidate) => candidate.name === name);
     if (scenario) return scenario;
-    if (name in planned) throw new UsageError(`scenario "${name}" (${planned[name]}) is not implemented yet.\n\n${usage()}`);
+    if (name === CHART_COMMAND) throw new UsageError(`"${CHART_COMMAND}" runs alone: \`npm run bench -- ${CHART_COMMAND}\``);
     throw new UsageError(`unknown scenario "${name}".\n\n${usage()}`);
   });
+}
+
+async function chartOnly(): Promise<void> {
+  const written = await writeChart();
+  process.stdout.write(`chart written to ${written.map((file) => path.relative(process.cwd(), file)).join(', ')}\n`);
 }
 
 function renderTable(table: Table): string {
   const widths = table.header.map((cell, column) => Math.max(cell.length, ...table.rows.map((row) => (row[column] ?? '').length)));
   const line = (cells: string[]): string =>
-    cells.map((cell, column) => (column === 0 ? cell.padEnd(widths[column]) : cell.padStart(widths[column]))).join('  ').trimEnd();
+    cells.map((cell, column) => ((table.textColumns ?? [0]).includes(column) ? cell.padEnd(widths[column]) : cell.padStart(widths[column]))).join('  ').trimEnd();
   return [line(table.header), widths.map((width) => '-'.repeat(width)).join('  '), ...table.rows.map(line)].join('\n');
 }
 
@@ -99,15 +109,26 @@ function renderReport(report: ScenarioReport): string {
 
 async function main(): Promise<void> {
   installSignalHandlers();
-  const selected = selectScenarios(process.argv.slice(2));
+  const args = commandLine();
+  if (args.length === 1 && args[0] === CHART_COMMAND) return chartOnly();
+  const selected = selectScenarios(args);
   const settings = readSettings();
   const tools = ensureTools();
   if (!sidecarBuilt()) process.stderr.write('bench: dist/cli.js not found, sidecar setups will be skipped (run `npm run build`)\n');
 
   const workDir = await mkdtemp(path.join(os.tmpdir(), 'mtls-sidecar-bench-'));
   onCleanup(() => rm(workDir, { recursive: true, force: true }));
-  process.stderr.write(`bench: minting ${settings.keyType === 'rsa' ? 'RSA 2048' : 'EC P-256'} certificates with openssl in ${workDir}\n`);
-  const pki = await mintBenchPki(path.join(workDir, 'pki'), settings.keyType);
+  const minted = new Map<KeyType, Promise<BenchPki>>();
+  const pkiFor = (keyType: KeyType): Promise<BenchPki> => {
+    let pki = minted.get(keyType);
+    if (!pki) {
+      process.stderr.write(`bench: minting ${keyName(keyType)} certificates with openssl in ${workDir}\n`);
+      pki = mintBenchPki(path.join(workDir, `pki-${keyType}`), keyType);
+      minted.set(keyType, pki);
+    }
+    return pki;
+  };
+  const pki = await pkiFor(settings.keyType);
 
   const appPort = await freePort();
   await startAppNginx(tools.nginx, path.join(workDir, 'app'), appPort);
@@ -115,9 +136,10 @@ async function main(): Promise<void> {
     tools,
     settings,
     pki,
+    pkiFor,
     workDir,
     appPort,
-    appDescription: 'nginx (1 worker) `return 200 "ok"`',
+    appDescription: APP_DESCRIPTION,
   };
 
   const reports: Record<string, ScenarioReport> = {};
@@ -131,16 +153,23 @@ async function main(): Promise<void> {
   const cpus = os.cpus();
   const result = {
     date: new Date().toISOString(),
-    command: `BENCH_DURATION=${settings.duration} npm run bench${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(' ')}` : ''}`,
+    command: `BENCH_DURATION=${settings.duration} npm run bench${args.length > 0 ? ` -- ${args.join(' ')}` : ''}`,
     machine: { cpus: cpus.length, cpuModel: cpus[0]?.model ?? 'unknown', memoryGiB: Math.round(os.totalmem() / 2 ** 30), platform: `${os.platform()} ${os.release()}` },
     versions: { node: process.version, ...tools.versions },
-    settings: { ...settings, app: context.appDescription, sidecarLogLevel: SIDECAR_LOG_LEVEL },
+    settings: {
+      ...settings,
+      app: context.appDescription,
+      sidecarLogLevel: SIDECAR_LOG_LEVEL,
+      nginxStream: tools.nginxStream.available ? (tools.nginxStream.loadModule ?? 'built in') : `unavailable: ${tools.nginxStream.reason}`,
+    },
     scenarios: Object.fromEntries(Object.entries(reports).map(([name, report]) => [name, { title: report.title, notes: report.notes, ...report.data }])),
+    chart: Object.values(reports).flatMap((report) => report.chart),
   };
-  await mkdir(path.dirname(resultsFile), { recursive: true });
-  await writeFile(resultsFile, `${JSON.stringify(result, null, 2)}\n`);
+  await mkdir(path.dirname(RESULTS_FILE), { recursive: true });
+  await writeFile(RESULTS_FILE, `${JSON.stringify(result, null, 2)}\n`);
   process.stdout.write(`\nmachine: ${cpus.length} x ${result.machine.cpuModel}; node ${process.version}, nginx ${tools.versions.nginx}, ${tools.versions.wrk}, ${tools.versions.openssl}\n`);
-  process.stdout.write(`results written to ${path.relative(process.cwd(), resultsFile)}\n`);
+  const charted = await writeChart();
+  process.stdout.write(`results written to ${[RESULTS_FILE, ...charted].map((file) => path.relative(process.cwd(), file)).join(', ')}\n`);
 }
 
 let exitCode = 0;

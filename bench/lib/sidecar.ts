@@ -23,8 +23,8 @@ export function sidecarBuilt(): boolean {
  * so `serving` (a port check) counts too, whichever comes first. Callers then send a real request
  * through before measuring.
  */
-async function startSidecar(name: string, args: string[], serving: (managed: ManagedProcess) => Promise<void>): Promise<ManagedProcess> {
-  const managed = startProcess(name, process.execPath, [SIDECAR_CLI, 'run', ...args, '--log-level', SIDECAR_LOG_LEVEL]);
+async function startSidecar(name: string, args: string[], serving: (managed: ManagedProcess) => Promise<void>, logLevel: string | undefined = SIDECAR_LOG_LEVEL): Promise<ManagedProcess> {
+  const managed = startProcess(name, process.execPath, [SIDECAR_CLI, 'run', ...args, ...(logLevel ? ['--log-level', logLevel] : [])]);
   const readyLine = waitForLine(managed, (line) => line.includes('"msg":"sidecar ready"'), 20_000);
   const listening = serving(managed);
   // The slower of the two settles later; keep its rejection from crashing the run.
@@ -56,21 +56,60 @@ async function waitForMutualTls(port: number, identity: ServiceCertDir, owner: M
   throw new Error(`${owner.name}: no mTLS handshake on 127.0.0.1:${port} after ${timeoutMs} ms\n${describeOutput(owner)}`);
 }
 
+/** `http` (L7, the default) or `tcp` (`--protocol tcp`: L4, bytes piped). */
+export type SidecarProtocol = 'http' | 'tcp';
+
+function protocolArgs(protocol: SidecarProtocol): string[] {
+  return protocol === 'tcp' ? ['--protocol', 'tcp'] : [];
+}
+
+function appUrl(protocol: SidecarProtocol, appPort: number): string {
+  return `${protocol === 'tcp' ? 'tcp' : 'http'}://127.0.0.1:${appPort}`;
+}
+
+function nameOf(base: string, protocol: SidecarProtocol): string {
+  return protocol === 'tcp' ? `${base}, tcp` : base;
+}
+
 /** Sidecar B: mTLS inbound on `inboundPort`, forwarding to the app. */
-export function startInboundSidecar(inboundPort: number, appPort: number, identity: ServiceCertDir): Promise<ManagedProcess> {
+export function startInboundSidecar(inboundPort: number, appPort: number, identity: ServiceCertDir, protocol: SidecarProtocol = 'http'): Promise<ManagedProcess> {
   return startSidecar(
-    'inbound sidecar (B)',
-    ['--cert-dir', identity.dir, '--inbound', `127.0.0.1:${inboundPort}`, '--outbound', 'off', '--admin', 'off', '--app', `http://127.0.0.1:${appPort}`],
+    nameOf('inbound sidecar (B)', protocol),
+    ['--cert-dir', identity.dir, ...protocolArgs(protocol), '--inbound', `127.0.0.1:${inboundPort}`, '--outbound', 'off', '--admin', 'off', '--app', appUrl(protocol, appPort)],
     (managed) => waitForMutualTls(inboundPort, identity, managed),
   );
 }
 
 /** Sidecar A: a fixed upstream listener on `localPort` that goes over mTLS to localhost:`peerPort`. */
-export function startOutboundSidecar(localPort: number, peerPort: number, identity: ServiceCertDir): Promise<ManagedProcess> {
+export function startOutboundSidecar(localPort: number, peerPort: number, identity: ServiceCertDir, protocol: SidecarProtocol = 'http'): Promise<ManagedProcess> {
   return startSidecar(
-    'outbound sidecar (A)',
-    ['--cert-dir', identity.dir, '--inbound', 'off', '--outbound', 'off', '--admin', 'off', '--upstream', `${localPort}=localhost:${peerPort}`],
+    nameOf('outbound sidecar (A)', protocol),
+    ['--cert-dir', identity.dir, ...protocolArgs(protocol), '--inbound', 'off', '--outbound', 'off', '--admin', 'off', '--upstream', `${localPort}=localhost:${peerPort}`],
     (managed) => waitForPort(localPort, 20_000, managed),
+  );
+}
+
+export interface SidecarPorts {
+  inbound: number;
+  outbound: number;
+  admin: number;
+}
+
+/**
+ * A sidecar as deployed: inbound, outbound forward proxy and admin all on, every other flag at its
+ * default (including `--log-level info`), only the ports chosen. Ready when the ready line is
+ * logged or an mTLS handshake on the inbound port succeeds.
+ */
+export function startDefaultSidecar(ports: SidecarPorts, appPort: number, identity: ServiceCertDir, protocol: SidecarProtocol = 'http'): Promise<ManagedProcess> {
+  return startSidecar(
+    nameOf('sidecar (B, defaults)', protocol),
+    [
+      '--cert-dir', identity.dir, ...protocolArgs(protocol),
+      '--inbound', `127.0.0.1:${ports.inbound}`, '--outbound', `127.0.0.1:${ports.outbound}`, '--admin', `127.0.0.1:${ports.admin}`,
+      '--app', appUrl(protocol, appPort),
+    ],
+    (managed) => waitForMutualTls(ports.inbound, identity, managed),
+    undefined,
   );
 }
 

@@ -88,6 +88,7 @@ export const soak: Scenario = {
         ...(problems.length ? problems.slice(0, 10).map((line) => `logged: ${line}`) : ['no warnings logged by either sidecar']),
       ],
       data: { seconds, requests, errors, samples, problems },
+      chart: [],
     };
   },
 };
