@@ -120,13 +120,16 @@ async function source(socket: Socket, total: number, record: TcpAppConnection): 
   const hash = createHash('sha256');
   const block = randomBytes(64 * 1024);
   let sent = 0;
+  // One close listener for the whole stream (a fresh once() per drain wait would pile them up).
+  const closed = once(socket, 'close');
+  closed.catch(() => undefined);
   while (sent < total && !socket.destroyed) {
     const piece = block.subarray(0, Math.min(block.length, total - sent));
     // A fresh first byte per block, so a duplicated or dropped block changes the digest.
     piece[0] = sent / block.length % 256;
     hash.update(piece);
     sent += piece.length;
-    if (!socket.write(Buffer.from(piece))) await Promise.race([once(socket, 'drain'), once(socket, 'close')]);
+    if (!socket.write(Buffer.from(piece))) await Promise.race([once(socket, 'drain'), closed]);
   }
   record.sentSha256 = hash.digest('hex');
   socket.end();
