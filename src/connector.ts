@@ -7,7 +7,7 @@
  * before any answer is how a peer refuses our client certificate, a pooled one closed is a reset.
  */
 import { connect as netConnect, isIP, type Socket } from 'node:net';
-import { connect as tlsConnect, type ConnectionOptions } from 'node:tls';
+import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 import type { buildConnector } from 'undici';
 import type { AppTarget } from './config.js';
 
@@ -43,7 +43,7 @@ interface ConnectPhases {
  * Arms the timeouts, stamps errors with the opening time, and calls back once the socket is
  * ready: on 'connect' for plain sockets, 'secureConnect' for TLS.
  */
-function whenReady(socket: Socket, ready: 'connect' | 'secureConnect', phases: ConnectPhases, callback: buildConnector.Callback): void {
+function whenReady(socket: Socket, ready: 'connect' | 'secureConnect', phases: ConnectPhases, callback: buildConnector.Callback, check?: () => Error | undefined): void {
   const openedAt = Date.now();
   let settled = false;
   let timer: NodeJS.Timeout | undefined;
@@ -64,6 +64,11 @@ function whenReady(socket: Socket, ready: 'connect' | 'secureConnect', phases: C
   socket.once(ready, () => {
     clearTimeout(timer);
     if (settled) return;
+    const refused = check?.();
+    if (refused) {
+      socket.destroy(refused);
+      return;
+    }
     settled = true;
     socket.setNoDelay(true);
     callback(null, socket);
@@ -80,13 +85,16 @@ export function appConnector(app: AppTarget, connectMs: number): Connector {
 
 const maxCachedSessions = 1000;
 
+/** A check of the upstream's certificate once the handshake is done; an error refuses the connection. */
+export type AfterHandshakeCheck = (hostname: string, socket: TLSSocket) => Error | undefined;
+
 /**
  * Verified mutual TLS to upstreams, with TLS sessions resumed per host and port. `tls` holds our
  * certificate, key, bundle and verification of one certificate generation; a new generation
  * gets a new connector (and so a fresh session cache: an old session would resume with the old
- * client certificate).
+ * client certificate). `afterHandshake` is for what Node's own verification does not enforce.
  */
-export function upstreamConnector(tls: ConnectionOptions, phases: Required<ConnectPhases>): Connector {
+export function upstreamConnector(tls: ConnectionOptions, phases: Required<ConnectPhases>, afterHandshake?: AfterHandshakeCheck): Connector {
   const sessions = new Map<string, Buffer>();
   return (options, callback) => {
     const host = options.hostname.replace(/^\[(.*)\]$/, '$1');
@@ -105,6 +113,6 @@ export function upstreamConnector(tls: ConnectionOptions, phases: Required<Conne
       if (sessions.size >= maxCachedSessions && !sessions.has(key)) sessions.delete(sessions.keys().next().value!);
       sessions.set(key, session);
     });
-    whenReady(socket, 'secureConnect', phases, callback);
+    whenReady(socket, 'secureConnect', phases, callback, afterHandshake && (() => afterHandshake(host, socket)));
   };
 }

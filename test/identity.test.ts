@@ -11,6 +11,7 @@ import { mtlsRequest, plainRequest, proxyRequest, type HttpResult } from './help
 import { fetchMetrics, issueLeafWithSubject, metricValue, opensslSans } from './helpers/identity.js';
 import { derOf, issueLeaf, makeRootCA, makeService, openssl, sharedRootCA, type CertificateAuthority, type Leaf, type ServiceIdentity } from './helpers/pki.js';
 import { holdsWholeResponse, rawTlsExchange, wholeResponse } from './helpers/raw.js';
+import { collect, connectPlain } from './helpers/tcp.js';
 import { freePort, runCli, startSidecar, stopAllSidecars, type LogLine, type Sidecar } from './helpers/sidecar.js';
 
 const UPSTREAM_ID = 'spiffe://test.local/ns/default/sa/upstream';
@@ -383,6 +384,55 @@ describe('peer identity, allow-list, XFCC and upstream identity', () => {
       assertSidecarError(response, 502, 'upstream_cert_untrusted');
       const line = await spiffeSidecar.waitForLog((entry) => entry.msg === 'request' && entry.direction === 'outbound' && entry.path === '/verified', 5000);
       assert.notEqual(line.insecureSkipVerify, true, JSON.stringify(line));
+    });
+
+    test('explicit SPIFFE pins still apply: --upstream …@ID and --expect-spiffe against another ID get 502 upstream_identity_mismatch; the right ID behind an untrusted chain gets 200', async () => {
+      const [impostorPort, untrustedPort] = await Promise.all([freePort(), freePort()]);
+      const pinned = await startSidecar([
+        '--cert-dir', serviceA.certDir, '--app', 'http://127.0.0.1:9', '--inbound', 'off', '--insecure-skip-verify',
+        '--upstream', `${impostorPort}=localhost:${upImpostor.port}@${UPSTREAM_ID}`,
+        '--upstream', `${untrustedPort}=localhost:${upUntrusted.port}@${UPSTREAM_ID}`,
+        '--expect-spiffe', `localhost=${UPSTREAM_ID}`,
+      ]);
+      const viaUpstream = await plainRequest({ ...pinned.upstream(impostorPort), path: '/insecure-pinned-bad' });
+      const body = assertSidecarError(viaUpstream, 502, 'upstream_identity_mismatch');
+      assert.ok(body.message.includes('spiffe://test.local/ns/default/sa/impostor'), `message should name the presented ID: ${body.message}`);
+      const viaProxy = await proxyRequest({ proxy: pinned.outbound, target: `http://localhost:${upImpostor.port}/insecure-expect-bad` });
+      assertSidecarError(viaProxy, 502, 'upstream_identity_mismatch');
+      assert.equal(upImpostor.requests.some((request) => request.url.startsWith('/insecure-')), false, 'the request must not reach the impostor');
+      // The chain is not verified (the flag's job), the pinned identity is.
+      const untrusted = await plainRequest({ ...pinned.upstream(untrustedPort), path: '/insecure-pinned-ok' });
+      assert.equal(untrusted.status, 200, untrusted.text);
+      await pinned.stop();
+    });
+
+    test('--trust-domain still applies: an upstream outside it gets 502 upstream_identity_mismatch', async () => {
+      const sidecar = await startSidecar(['--cert-dir', serviceA.certDir, '--app', 'http://127.0.0.1:9', '--inbound', 'off', '--insecure-skip-verify', '--trust-domain', 'test.local']);
+      const denied = await proxyRequest({ proxy: sidecar.outbound, target: `http://127.0.0.1:${upForeignDomain.port}/insecure-foreign` });
+      assertSidecarError(denied, 502, 'upstream_identity_mismatch');
+      assert.equal(upForeignDomain.requests.some((request) => request.url === '/insecure-foreign'), false);
+      const allowed = await proxyRequest({ proxy: sidecar.outbound, target: `http://127.0.0.1:${upUntrusted.port}/insecure-in-domain` });
+      assert.equal(allowed.status, 200, allowed.text);
+      await sidecar.stop();
+    });
+
+    test('--protocol tcp: a pinned --upstream against another ID is closed before any byte, logged upstream_identity_mismatch', async () => {
+      const port = await freePort();
+      const sidecar = await startSidecar([
+        '--cert-dir', serviceA.certDir, '--protocol', 'tcp', '--app', 'tcp://127.0.0.1:9', '--inbound', 'off', '--outbound', 'off', '--insecure-skip-verify',
+        '--upstream', `${port}=localhost:${upImpostor.port}@${UPSTREAM_ID}`,
+      ]);
+      const socket = await connectPlain(sidecar.upstream(port));
+      const reading = collect(socket, 5000);
+      socket.write('GET /insecure-tcp HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n');
+      const result = await reading;
+      assert.equal(result.closed, true, 'the sidecar closes the connection');
+      assert.equal(result.data.length, 0, `nothing from the impostor reaches the app: ${result.data.toString()}`);
+      const line = await sidecar.waitForLog((entry) => entry.msg === 'forwarding failed', 5000);
+      assert.equal(line.error, 'upstream_identity_mismatch', JSON.stringify(line));
+      assert.equal(line.insecureSkipVerify, true, JSON.stringify(line));
+      assert.equal(upImpostor.requests.some((request) => request.url === '/insecure-tcp'), false);
+      await sidecar.stop();
     });
 
     for (const nearMiss of ['--insecure', '--skip-verify', '--insecure-skip']) {

@@ -11,7 +11,7 @@ import { checkServerIdentity as defaultCheckServerIdentity, type PeerCertificate
 import { parseSubjectAltName } from '../certs/identity.js';
 import type { CertStore, GenerationedCertSet } from '../certs/store.js';
 import type { Config } from '../config.js';
-import { upstreamConnector, type Connector } from '../connector.js';
+import { upstreamConnector, type AfterHandshakeCheck, type Connector } from '../connector.js';
 import { clientOptions } from '../forward.js';
 import type { Logger } from '../log.js';
 import { ConnectionPool } from '../pool.js';
@@ -46,6 +46,18 @@ export function upstreamIdentityCheck(expectedSpiffe: string | undefined, trustD
     }
     return undefined;
   };
+}
+
+/**
+ * With --insecure-skip-verify Node does not refuse a connection whose checkServerIdentity fails
+ * (rejectUnauthorized is off), and skips the check entirely when the chain does not verify; an
+ * explicit SPIFFE pin or --trust-domain is then enforced here, after the handshake. Undefined when
+ * there is nothing to enforce.
+ */
+export function insecureIdentityCheck(insecure: boolean, expectedSpiffe: string | undefined, trustDomain: string | undefined): AfterHandshakeCheck | undefined {
+  if (!insecure || (expectedSpiffe === undefined && trustDomain === undefined)) return undefined;
+  const check = upstreamIdentityCheck(expectedSpiffe, trustDomain, false);
+  return (hostname, socket) => check(hostname, socket.getPeerCertificate());
 }
 
 const idleSocketTimeoutMs = 30_000;
@@ -112,6 +124,7 @@ export class UpstreamAgents {
           checkServerIdentity: upstreamIdentityCheck(expectedSpiffe, this.#config.trustDomain, !insecure),
         },
         { connectMs, handshakeMs },
+        insecureIdentityCheck(insecure, expectedSpiffe, this.#config.trustDomain),
       );
       this.#connectors.set(key, connector);
     }

@@ -17,7 +17,7 @@ import type { Metrics } from '../metrics.js';
 import { pipeBothWays } from '../pipe.js';
 import { tlsOptionsFor } from '../tls.js';
 import { alpnProtocols } from '../inbound/tcp.js';
-import { upstreamIdentityCheck } from './agents.js';
+import { insecureIdentityCheck, upstreamIdentityCheck } from './agents.js';
 import { classifyUpstreamError, outboundLogger } from './proxy.js';
 
 export class TcpUpstreamListeners {
@@ -102,6 +102,11 @@ export class TcpUpstreamListeners {
     });
     upstream.once('secureConnect', () => {
       clearTimeout(timer);
+      const refused = insecureIdentityCheck(insecure, route.spiffeId, this.#config.trustDomain)?.(route.host, upstream);
+      if (refused) {
+        upstream.destroy(refused);
+        return;
+      }
       const resumed = upstream.isSessionReused();
       client.off('close', abandon);
       client.off('error', abandon);
