@@ -54,17 +54,17 @@ async function runCommand(args: RawRunArgs, unknownEnv: string[]): Promise<void>
     const why = /_(PORT|SERVICE_HOST|SERVICE_PORT)(_|$)/.test(name) ? ' (Kubernetes sets <SERVICE>_PORT… for every Service)' : '';
     logger.warn({ env: name }, `ignoring environment variable ${name}: no such flag${why}`);
   }
-  const exit: (code: number) => never = (code) => {
-    flushLogs();
+  const exit = async (code: number): Promise<never> => {
+    await flushLogs();
     process.exit(code);
   };
-  if (config.workers > 1 && cluster.isPrimary) exit(await runPrimary(config, logger));
+  if (config.workers > 1 && cluster.isPrimary) return exit(await runPrimary(config, logger));
   // A worker of --workers N: the primary owns the admin listener and answers for every worker.
   const running = await runSidecar(cluster.isWorker ? { ...config, admin: null } : config, logger);
-  if (typeof running === 'number') exit(running);
+  if (typeof running === 'number') return exit(running);
   process.once('SIGTERM', () => running.stop('SIGTERM'));
   process.once('SIGINT', () => running.stop('SIGINT'));
-  exit(await running.stopped);
+  return exit(await running.stopped);
 }
 
 function addRunOptions(command: Argv, envValues: Record<string, unknown>): Argv {
@@ -209,8 +209,8 @@ export async function main(argv: string[]): Promise<void> {
   await cli.parseAsync();
 }
 
-main(hideBin(process.argv)).catch((error: unknown) => {
-  flushLogs();
+main(hideBin(process.argv)).catch(async (error: unknown) => {
+  await flushLogs();
   process.stderr.write(`mtls-sidecar: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
   process.exit(1);
 });

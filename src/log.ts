@@ -48,17 +48,40 @@ function prettyStream(): Writable {
 }
 
 let jsonDestination: ReturnType<typeof pino.destination> | undefined;
+/** stdout failed (EPIPE: whoever read the logs went away); lines are dropped from then on. */
+let stdoutFailed = false;
 
 /**
- * Writes any buffered log lines now: call before process.exit. The JSON destination writes
- * asynchronously, because a synchronous write per access-log line blocks the event loop on every request.
+ * Writes any buffered log lines and ends the JSON destination, then resolves: await it right before
+ * process.exit. The destination writes asynchronously, because a synchronous write per access-log
+ * line blocks the event loop on every request. Not sonic-boom's flushSync: on EPIPE it retries
+ * forever, so a sidecar whose log reader had died would never finish exiting. Resolves at the
+ * latest after `timeoutMs`, and at once when stdout has already failed.
  */
-export function flushLogs(): void {
-  jsonDestination?.flushSync();
+export function flushLogs(timeoutMs = 2000): Promise<void> {
+  const destination = jsonDestination;
+  if (!destination || stdoutFailed) return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, timeoutMs);
+    destination.once('close', done);
+    destination.once('error', done);
+    destination.end();
+    function done(): void {
+      clearTimeout(timer);
+      resolve();
+    }
+  });
+}
+
+/** A broken stdout loses log lines, never the process: the sidecar keeps serving and still exits on SIGTERM. */
+function markStdoutFailed(): void {
+  stdoutFailed = true;
 }
 
 export function createLogger(options: { level: string; format: 'json' | 'pretty' }): Logger {
   const destination = options.format === 'pretty' ? prettyStream() : (jsonDestination = pino.destination({ fd: 1, sync: false }));
+  process.stdout.on('error', markStdoutFailed);
+  jsonDestination?.on('error', markStdoutFailed);
   return pino(
     {
       level: options.level,

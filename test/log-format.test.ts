@@ -59,4 +59,28 @@ describe('--log-format', () => {
     assert.match(ready ?? '', /^\d\d:\d\d:\d\d INFO +sidecar ready listeners=\{"inbound":"127\.0\.0\.1:\d+"\}/);
     assert.ok(lines.some((line) => /^\d\d:\d\d:\d\d INFO +draining: no new connections/.test(line)), lines.join('\n'));
   });
+
+  for (const format of ['json', 'pretty']) {
+    test(`${format}: a log reader that goes away (stdout EPIPE) does not keep SIGTERM from exiting 0`, async () => {
+      // `mtls-sidecar run … | head -2`: head reads two lines and exits, as a dead log shipper would.
+      const head = spawn('head', ['-2'], { stdio: ['pipe', 'ignore', 'inherit'] });
+      const child = spawn(process.execPath, [CLI_PATH, 'run', '--cert-dir', service.certDir, ...listeners, '--log-format', format], {
+        cwd: REPO_ROOT,
+        stdio: ['ignore', head.stdin!, 'pipe'],
+      });
+      head.stdin!.destroy(); // the sidecar holds the only write end now
+      let stderr = '';
+      child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+      const exited = once(child, 'exit') as Promise<[number | null, string | null]>;
+      await once(head, 'exit');
+      // Start-up lines after the first two have nowhere to go; give it time to write (and fail) them.
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      assert.equal(child.exitCode, null, `still serving with a broken stdout; stderr: ${stderr}`);
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      const [code, signal] = await exited;
+      clearTimeout(timer);
+      assert.deepEqual({ code, signal }, { code: 0, signal: null }, `exit after SIGTERM; stderr: ${stderr}`);
+    });
+  }
 });
