@@ -271,9 +271,13 @@ export class Forwarder {
     state.options.pool.discard(state.connection);
   }
 
-  /** Answers a request the sidecar refuses itself (403 peer_not_allowed), with its access-log line and metric. */
+  /**
+   * Answers a request the sidecar refuses itself (403 peer_not_allowed, 400 bad_request), with its
+   * access-log line and metrics, like any forwarded request that failed.
+   */
   refuse(req: IncomingMessage, res: ServerResponse, code: AppErrorCode, detail: string, who: Pick<ForwardOptions, 'peer' | 'logFields'>, extra?: Record<string, unknown>): void {
     const state = { start: process.hrtime.bigint(), options: who, error: code };
+    this.#metrics.upstreamErrors.inc({ direction: this.#direction, error: code });
     res.once('close', () => this.#logRequest(req, res, state));
     writeErrorResponse(res, code, detail, extra);
   }

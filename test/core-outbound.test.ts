@@ -11,6 +11,8 @@ import { deterministicBytes, sha256Hex, startEchoApp, startTlsServer, type EchoA
 import { curl, plainRequest, proxyRequest, type HttpResult } from './helpers/clients.js';
 import { derOf, issueLeaf, makeRootCA, makeService, normalizeSerial, sharedRootCA, type CertificateAuthority, type ServiceIdentity } from './helpers/pki.js';
 import { freePort, startSidecar, stopAllSidecars, type Sidecar } from './helpers/sidecar.js';
+import { metricValue } from './helpers/hardening.js';
+import { holdsWholeResponse, rawTcpExchange, wholeResponse } from './helpers/raw.js';
 
 function xfccOf(reply: EchoReply): string {
   const value = reply.headers['x-forwarded-client-cert'];
@@ -180,4 +182,26 @@ describe('outbound', () => {
     assert.equal(normalizeSerial(reply.clientSerial ?? ''), normalizeSerial(appClientCert.serial), 'the upstream must see the app certificate, not the sidecar one');
     assert.equal(reply.clientAuthorized, true);
   });
+
+  for (const { name, request, upgrade } of [
+    { name: 'an origin-form request (the app called the proxy like a server)', request: 'GET /not-absolute HTTP/1.1\r\nHost: x\r\n\r\n', upgrade: false },
+    { name: 'an origin-form WebSocket upgrade', request: 'GET /not-absolute-ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n', upgrade: true },
+  ]) {
+    test(`${name} on the forward proxy -> 400 bad_request, logged with the code and counted`, async () => {
+      const [requestsBefore, errorsBefore] = await Promise.all([
+        metricValue(sidecarA, 'sidecar_requests_total', { direction: 'outbound', code: '400' }),
+        metricValue(sidecarA, 'sidecar_errors_total', { direction: 'outbound', error: 'bad_request' }),
+      ]);
+      const exchange = await rawTcpExchange({ address: sidecarA.outbound, bytes: request, until: holdsWholeResponse });
+      const response = wholeResponse(exchange);
+      assert.equal(response.status, 400, exchange.text);
+      assert.equal(response.headers['x-sidecar-error'], 'bad_request');
+      assert.match(response.body, /HTTP_PROXY/, 'the message says how to call the proxy');
+      const path = upgrade ? '/not-absolute-ws' : '/not-absolute';
+      const line = await sidecarA.waitForLog((entry) => entry.error === 'bad_request' && (entry.path === path || entry.target === path), 5000);
+      assert.equal(line.direction, 'outbound', JSON.stringify(line));
+      assert.equal(await metricValue(sidecarA, 'sidecar_requests_total', { direction: 'outbound', code: '400' }), requestsBefore + 1);
+      assert.equal(await metricValue(sidecarA, 'sidecar_errors_total', { direction: 'outbound', error: 'bad_request' }), errorsBefore + 1);
+    });
+  }
 });

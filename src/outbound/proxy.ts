@@ -59,6 +59,11 @@ export function outboundLogger(logger: Logger, config: Pick<Config, 'insecureSki
   return config.insecureSkipVerify ? logger.child({ insecureSkipVerify: true }) : logger;
 }
 
+/** Why the forward proxy cannot route a request: the app sent an origin-form target, not a proxy request. */
+function notAbsolute(target: string | undefined): string {
+  return `request target ${JSON.stringify(target)} is not an absolute http:// URL: set the app's HTTP_PROXY to this listener, or use an --upstream listener for a fixed upstream`;
+}
+
 function authority(host: string, port: number): string {
   return isIP(host) === 6 ? `[${host}]:${port}` : `${host}:${port}`;
 }
@@ -188,7 +193,7 @@ export class OutboundListeners {
   #onProxyRequest(req: IncomingMessage, res: ServerResponse): void {
     const upstream = this.#upstreamFromProxyRequest(req);
     if (!upstream) {
-      this.#forwarder.sendError(res, 'bad_request', `request target ${JSON.stringify(req.url)} is not an absolute http:// URL`);
+      this.#forwarder.refuse(req, res, 'bad_request', notAbsolute(req.url), { peer: 'app' });
       return;
     }
     stripHopByHop(req.headers);
@@ -205,21 +210,25 @@ export class OutboundListeners {
     const route = this.#config.upstreams.find((candidate) => candidate.localPort === localPort);
     const upstream = route ? { host: route.host, port: route.port, expectedSpiffe: route.spiffeId } : this.#upstreamFromProxyRequest(req);
     if (!upstream) {
-      socket.destroy();
+      this.#refuseRaw(req, socket, 'bad_request', notAbsolute(req.url));
       return;
     }
     stripHopByHop(req.headers, true);
     this.#forwarder.upgrade(req, socket, head, this.#forwardOptions(upstream));
   }
 
+  /** A catalog error on a socket that left node:http (CONNECT, upgrade): logged, counted, answered, closed. */
+  #refuseRaw(req: IncomingMessage, socket: Socket, code: AppErrorCode, detail: string): void {
+    this.#logger.warn({ direction: 'outbound', method: req.method, target: req.url, error: code, reason: detail, hint: appErrors[code].hint }, req.method === 'CONNECT' ? 'tunnel failed' : 'request refused');
+    this.#metrics.requests.inc({ direction: 'outbound', code: String(appErrors[code].status) });
+    this.#metrics.upstreamErrors.inc({ direction: 'outbound', error: code });
+    endWithErrorResponse(socket, code, detail);
+  }
+
   /** CONNECT host:port: a raw tunnel; the app does its own TLS through it. */
   #onConnect(req: IncomingMessage, client: Socket, head: Buffer): void {
     const match = /^\[?([^\]]+?)\]?:(\d+)$/.exec(req.url ?? '');
-    const refuse = (code: AppErrorCode, detail: string) => {
-      this.#logger.warn({ direction: 'outbound', method: 'CONNECT', target: req.url, error: code, reason: detail }, 'tunnel failed');
-      this.#metrics.requests.inc({ direction: 'outbound', code: String(appErrors[code].status) });
-      endWithErrorResponse(client, code, detail);
-    };
+    const refuse = (code: AppErrorCode, detail: string) => this.#refuseRaw(req, client, code, detail);
     if (!match) {
       refuse('bad_request', `CONNECT target ${JSON.stringify(req.url)} is not HOST:PORT`);
       return;
