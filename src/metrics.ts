@@ -78,6 +78,13 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly certReloadFailing = new Gauge({
+    name: 'sidecar_cert_reload_failing',
+    help: '1 while the cert directory holds a set that was refused (the last good set is served), else 0: alert on this staying 1, not on single reload errors',
+    aggregator: 'max',
+    registers: [this.registry],
+  });
+
   readonly insecureSkipVerify = new Gauge({
     name: 'sidecar_insecure_skip_verify',
     help: '1 while --insecure-skip-verify is on (upstream certificates are not verified), else 0',

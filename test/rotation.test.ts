@@ -135,6 +135,8 @@ describe('certificate rotation', () => {
     const certLanded = Date.now();
     const rejected = await sidecar.waitForLog((line) => line.msg === 'certificate reload rejected', 3000);
     assert.equal(rejected.code, 'key_mismatch', JSON.stringify(rejected));
+    assert.equal(rejected.level, 'warn', 'a refused in-between state is a warning: the last good set still serves');
+    assert.equal(await metricValue(sidecar.admin, 'sidecar_cert_reload_failing'), 1, 'the refused state shows in the gauge');
     for (const probeAt of [400, 1200]) {
       await sleep(Math.max(0, certLanded + probeAt - Date.now()));
       const during = await handshake(sidecar.inbound, peerA);
@@ -148,6 +150,7 @@ describe('certificate rotation', () => {
     t.diagnostic(`new pair served ${pickupMs} ms after the key landed`);
     assert.ok(pickupMs < 1000, `the consistent pair should be served within 1 s of the key landing (took ${pickupMs} ms)`);
     await assertServing(sidecar, next, 'after the key landed');
+    assert.equal(await metricValue(sidecar.admin, 'sidecar_cert_reload_failing'), 0, 'the gauge clears once the complete pair is loaded');
     assert.equal(sidecar.logs().filter(loadedLine(next.serial)).length, 1);
     await sidecar.stop();
   });

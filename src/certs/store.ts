@@ -167,6 +167,7 @@ export class CertStore extends EventEmitter<CertStoreEvents> {
       if (hash === this.#current?.contentHash) {
         this.#lastFailedHash = undefined;
         this.#lastError = undefined;
+        this.#metrics?.certReloadFailing.set(0);
         return this.#record(trigger, 'unchanged');
       }
       if (hash === this.#lastFailedHash && trigger !== 'sighup' && this.#lastError?.code !== 'cert_not_yet_valid') {
@@ -180,9 +181,12 @@ export class CertStore extends EventEmitter<CertStoreEvents> {
       const repeated = this.#lastError?.message === detail.message;
       this.#lastError = detail;
       this.#lastFailedHash = hash;
+      this.#metrics?.certReloadFailing.set(1);
       if (!repeated) {
         this.#metrics?.certReloads.inc({ result: 'error' });
-        this.#logger.error({ trigger, code: detail.code, file: detail.file, reason: detail.message, servingSerial: this.#current?.leaf.serialNumber }, 'certificate reload rejected');
+        // warn, not error: nothing stopped working (the last good set serves), and a writer that
+        // updates files one by one passes through such a state on every rotation.
+        this.#logger.warn({ trigger, code: detail.code, file: detail.file, reason: detail.message, servingSerial: this.#current?.leaf.serialNumber }, 'certificate reload rejected');
       }
       return this.#record(trigger, 'error');
     }
@@ -202,6 +206,7 @@ export class CertStore extends EventEmitter<CertStoreEvents> {
     this.#lastFailedHash = undefined;
     this.#record(trigger, 'success');
     this.#metrics?.certReloads.inc({ result: 'success' });
+    this.#metrics?.certReloadFailing.set(0);
     this.#metrics?.certNotAfter.reset();
     this.#metrics?.certNotAfter.set({ cert: 'leaf' }, Math.floor(next.notAfter.getTime() / 1000));
     next.bundle.forEach((root, index) => {
