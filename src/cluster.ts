@@ -7,9 +7,8 @@
 import cluster, { type Worker } from 'node:cluster';
 import { AggregatorRegistry } from 'prom-client';
 import { AdminServer } from './admin/server.js';
-import { CertStore } from './certs/store.js';
+import { CertStore, loadAtStart } from './certs/store.js';
 import type { Config } from './config.js';
-import { CertError } from './errors.js';
 import { PeerTracker, type PeerSnapshot } from './inbound/peers.js';
 import { ListenError } from './listen.js';
 import type { Logger } from './log.js';
@@ -47,14 +46,7 @@ export const workerChannel = {
 export async function runPrimary(config: Config, logger: Logger): Promise<number> {
   // Fail before forking: a certificate problem is reported once, with exit 1, as in one process.
   const store = new CertStore(config.certs, logger.child({ role: 'primary' }, { level: 'silent' }));
-  try {
-    await store.loadInitial();
-  } catch (error) {
-    if (!(error instanceof CertError)) throw error;
-    logger.fatal({ code: error.code, file: error.file, reason: error.message }, 'no valid certificate set at start');
-    process.stderr.write(`mtls-sidecar: cannot start: ${error.message} [${error.code}]\n`);
-    return 1;
-  }
+  if (!(await loadAtStart(store, logger))) return 1;
   store.start(config.reloadIntervalMs);
 
   let draining = false;

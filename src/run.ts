@@ -3,9 +3,8 @@
  * change/SIGHUP, and drains on SIGTERM/SIGINT.
  */
 import { AdminServer } from './admin/server.js';
-import { CertStore } from './certs/store.js';
+import { CertStore, loadAtStart } from './certs/store.js';
 import type { Config } from './config.js';
-import { CertError } from './errors.js';
 import { InboundListener } from './inbound/server.js';
 import { ListenError } from './listen.js';
 import type { Logger } from './log.js';
@@ -28,14 +27,7 @@ export interface RunningSidecar {
 export async function runSidecar(config: Config, logger: Logger): Promise<RunningSidecar | number> {
   const metrics = new Metrics();
   const store = new CertStore(config.certs, logger, metrics);
-  try {
-    await store.loadInitial();
-  } catch (error) {
-    if (!(error instanceof CertError)) throw error;
-    logger.fatal({ code: error.code, file: error.file, reason: error.message }, 'no valid certificate set at start');
-    process.stderr.write(`mtls-sidecar: cannot start: ${error.message} [${error.code}]\n`);
-    return 1;
-  }
+  if (!(await loadAtStart(store, logger))) return 1;
 
   let draining = false;
   const bound = new Set<string>();

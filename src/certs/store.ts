@@ -230,3 +230,19 @@ export class CertStore extends EventEmitter<CertStoreEvents> {
     this.checkExpiry();
   }
 }
+
+/**
+ * Loads the first set for `run` (one process or a cluster primary): a certificate problem is
+ * logged and said on stderr once, and false is returned (the caller exits 1).
+ */
+export async function loadAtStart(store: CertStore, logger: Logger): Promise<boolean> {
+  try {
+    await store.loadInitial();
+    return true;
+  } catch (error) {
+    if (!(error instanceof CertError)) throw error;
+    logger.fatal({ code: error.code, file: error.file, reason: error.message }, 'no valid certificate set at start');
+    process.stderr.write(`mtls-sidecar: cannot start: ${error.message} [${error.code}]\n`);
+    return false;
+  }
+}
