@@ -136,22 +136,56 @@ export const tlsFailures = {
 
 export type TlsFailureReason = keyof typeof tlsFailures;
 
-/** Problems with a certificate directory (start-up, reload, `check`). */
+/**
+ * Problems with a certificate directory (start-up, reload, `check`): what is wrong and what to do
+ * about it, kept apart so a report can print each once.
+ */
 export const certProblems = {
-  cert_dir_missing: 'the certificate directory does not exist: mount the secret there or pass --cert-dir',
-  no_layout: 'no recognised file set: expected tls.crt/tls.key/ca.crt, cert.pem/key.pem/ca.pem, svid.pem/svid_key.pem/svid_bundle.pem or cert-chain.pem/key.pem/root-cert.pem (or set --cert-file/--key-file/--ca-file)',
-  file_missing: 'the file is missing: write it, or point the matching --*-file flag at it',
-  file_unreadable: 'the file cannot be read: check its permissions',
-  file_empty: 'the file is empty: it may be half-written; write the whole PEM',
-  cert_parse_error: 'the file does not hold valid PEM certificates: write the PEM (-----BEGIN CERTIFICATE-----) blocks whole',
-  key_parse_error: 'the private key cannot be read: write a PEM key (PKCS#8, PKCS#1 RSA or SEC1 EC); for an encrypted key pass --key-passphrase-file',
-  key_mismatch: 'the private key does not belong to the leaf certificate: deploy the key that was issued with this certificate',
-  bundle_empty: 'the trust bundle holds no certificate: write the CA certificate(s) into it',
-  chain_incomplete: 'the certificate that issued it is missing: append the intermediate that issued it to the chain file (or, if it is a root, add it to the bundle)',
-  chain_untrusted: 'the chain ends at a CA that is not in the trust bundle: add that CA to the bundle, or issue the certificate from a CA the bundle holds',
-  cert_expired: 'the certificate has expired: renew it',
-  cert_not_yet_valid: 'the certificate is not valid yet: check the clock, or wait for its notBefore',
-} as const;
+  cert_dir_missing: { message: 'the certificate directory does not exist', fix: 'mount the secret there or pass --cert-dir' },
+  no_layout: {
+    message: 'no recognised file set',
+    fix: 'expected tls.crt/tls.key/ca.crt, cert.pem/key.pem/ca.pem, svid.pem/svid_key.pem/svid_bundle.pem or cert-chain.pem/key.pem/root-cert.pem (or set --cert-file/--key-file/--ca-file)',
+  },
+  file_missing: { message: 'the file is missing', fix: 'write it, or point the matching --*-file flag at it' },
+  file_unreadable: { message: 'the file cannot be read', fix: 'check its permissions' },
+  file_empty: { message: 'the file is empty', fix: 'it may be half-written; write the whole PEM' },
+  cert_parse_error: { message: 'the file does not hold valid PEM certificates', fix: 'write the PEM (-----BEGIN CERTIFICATE-----) blocks whole' },
+  key_parse_error: { message: 'the private key cannot be read', fix: 'write a PEM key (PKCS#8, PKCS#1 RSA or SEC1 EC); for an encrypted key pass --key-passphrase-file' },
+  key_mismatch: { message: 'the private key does not belong to the leaf certificate', fix: 'deploy the key that was issued with this certificate' },
+  bundle_empty: { message: 'the trust bundle holds no certificate', fix: 'write the CA certificate(s) into it' },
+  chain_incomplete: {
+    message: 'the certificate that issued it is missing',
+    fix: 'append the intermediate that issued it to the chain file (or, if it is a root, add it to the bundle)',
+  },
+  chain_untrusted: {
+    message: 'the chain ends at a CA that is not in the trust bundle',
+    fix: 'add that CA to the bundle, or issue the certificate from a CA the bundle holds',
+  },
+  cert_expired: { message: 'the certificate has expired', fix: 'renew it' },
+  cert_not_yet_valid: { message: 'the certificate is not valid yet', fix: 'check the clock, or wait for its notBefore' },
+} as const satisfies Record<string, { message: string; fix: string }>;
+
+/**
+ * The ways a private key fails to load (all `key_parse_error`), each with what happened and its
+ * own fix: OpenSSL's words for them ("interrupted or cancelled", "bad decrypt", "DECODER
+ * routines::unsupported") tell an operator nothing.
+ */
+export const keyParseProblems = {
+  passphrase_missing: {
+    detail: 'the key is encrypted and no passphrase was given',
+    fix: 'pass --key-passphrase-file naming a file that holds the passphrase the key was encrypted with',
+  },
+  passphrase_wrong: {
+    detail: 'the key is encrypted and the passphrase file (--key-passphrase-file) does not decrypt this key',
+    fix: 'put this key\'s passphrase in that file, or deploy the key that passphrase belongs to',
+  },
+  not_a_key: {
+    detail: 'it is not a PEM private key of a supported type',
+    fix: 'write an RSA, EC or Ed25519 private key as PEM: PKCS#8 (BEGIN PRIVATE KEY, or BEGIN ENCRYPTED PRIVATE KEY with --key-passphrase-file), PKCS#1 RSA (BEGIN RSA PRIVATE KEY) or SEC1 EC (BEGIN EC PRIVATE KEY)',
+  },
+} as const satisfies Record<string, { detail: string; fix: string }>;
+
+export type KeyParseProblem = keyof typeof keyParseProblems;
 
 export type CertProblemCode = keyof typeof certProblems;
 
@@ -180,7 +214,10 @@ export const probeFixes = {
   name_mismatch: (sans: string, host: string): string => `the certificate names ${sans}; dial one of those, or re-issue it with ${host}`,
   our_cert_rejected: (ours: string): string =>
     `the upstream refused our certificate (${ours}): is our CA in the upstream's trust bundle, and is our certificate valid (mtls-sidecar check)?`,
-  our_cert_invalid: (code: CertProblemCode): string => `${certProblems[code]} (\`mtls-sidecar check\` on the cert dir lists every problem)`,
+  our_cert_invalid: (fix: string): string => `${fix} (\`mtls-sidecar check\` on the cert dir lists every problem)`,
+  // probe has one --timeout for every step; run's --connect-timeout / --handshake-timeout are not its flags.
+  handshake_timeout: 'the upstream did not complete the TLS handshake within --timeout: is that port a TLS port, and is the upstream overloaded? Or raise --timeout',
+  upstream_timeout: 'check that the upstream is up, reachable (firewalls, NetworkPolicies) and not overloaded, or raise --timeout',
 } as const;
 
 /** A certificate-directory problem, naming the file it is about. */
@@ -188,15 +225,28 @@ export class CertError extends Error {
   readonly code: CertProblemCode;
   readonly file: string | undefined;
   readonly detail: string | undefined;
+  /** What to do: the catalog fix of `code`, or the fix of the particular case `detail` names. */
+  readonly fix: string;
 
-  constructor(code: CertProblemCode, file?: string, detail?: string) {
+  constructor(code: CertProblemCode, file?: string, detail?: string, fix: string = certProblems[code].fix) {
     const where = file ? `${file}: ` : '';
-    super(`${where}${detail ? `${detail}; ` : ''}${certProblems[code]}`);
+    super(`${where}${detail ? `${detail}; ` : ''}${certProblems[code].message}: ${fix}`);
     this.name = 'CertError';
     this.code = code;
     this.file = file;
     this.detail = detail;
+    this.fix = fix;
   }
+
+  /** What is wrong, said once and without the file: the detail when there is one, else the catalog message. */
+  get problem(): string {
+    return this.detail ?? certProblems[this.code].message;
+  }
+}
+
+/** A private key that does not load, in the words of `keyParseProblems`. */
+export function keyParseError(file: string, problem: KeyParseProblem): CertError {
+  return new CertError('key_parse_error', file, keyParseProblems[problem].detail, keyParseProblems[problem].fix);
 }
 
 /** A bad flag or environment value: exit 2, one line naming the flag, the value and what is allowed. */

@@ -1,11 +1,12 @@
 /**
  * `certs init` / `certs issue`: the certificates they write are checked with the openssl CLI, so
  * our issuing code is judged by an independent implementation, and with a real mutual TLS handshake.
- * Every case runs twice: through the command handlers directly and through the built CLI.
+ * Every case runs twice: through the command handlers directly and through the built CLI. CAs
+ * that must be out of the ordinary (short-lived, expired) are made by the openssl CLI.
  */
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -13,6 +14,7 @@ import assert from 'node:assert/strict';
 import tls from 'node:tls';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
+import { freshDir, makeRootCA, type CertificateAuthority } from './helpers/pki.js';
 
 const repoRoot = fileURLToPath(new URL('..', import.meta.url));
 const cliPath = join(repoRoot, 'dist', 'cli.js');
@@ -76,6 +78,14 @@ const cliRunner: CertsRunner = {
     return run(process.execPath, [cliPath, ...argv]);
   },
 };
+
+/** A `certs init`-style directory (ca.crt, ca.key) holding a CA made by the openssl CLI. */
+async function caDirFrom(ca: CertificateAuthority): Promise<string> {
+  const caDir = await freshDir('openssl-ca');
+  await writeFile(join(caDir, 'ca.crt'), ca.certPem);
+  await writeFile(join(caDir, 'ca.key'), ca.keyPem, { mode: 0o600 });
+  return caDir;
+}
 
 const runners: Array<[string, CertsRunner]> = [
   ['handlers', handlerRunner],
@@ -297,6 +307,32 @@ for (const [via, certs] of runners) {
       const outcome = await certs.issue({ ca: caDir, name: 'bad', days: 0, out: join(dir, 'bad-days') });
       assert.equal(outcome.code, 2);
       assert.match(outcome.stderr, /--days/);
+    });
+
+    test('--days past the CA\'s expiry: the certificate ends with the CA (openssl sees equal notAfter), with a warning on stderr', async () => {
+      const shortCa = await caDirFrom(await makeRootCA({ cn: 'certs 365-day CA', keyType: 'rsa', days: 365 }));
+      const out = join(dir, 'outlives-ca');
+      const outcome = await certs.issue({ ca: shortCa, name: 'long', dns: ['long.svc'], days: 400, out });
+      assert.equal(outcome.code, 0, outcome.stderr);
+      const caEnd = await openssl('x509', '-noout', '-enddate', '-in', join(shortCa, 'ca.crt'));
+      assert.equal(await openssl('x509', '-noout', '-enddate', '-in', join(out, 'tls.crt')), caEnd);
+      const caExpiry = new Date(caEnd.trim().replace(/^notAfter=/, '')).toISOString().slice(0, 16);
+      assert.match(outcome.stderr, /^certs issue: warning: 400 days would outlive the CA, which expires \S+; the certificate expires with it\n$/);
+      assert.ok(outcome.stderr.includes(caExpiry), `the warning names the CA's expiry ${caExpiry}: ${outcome.stderr}`);
+      assert.match(await openssl('verify', '-CAfile', join(shortCa, 'ca.crt'), join(out, 'tls.crt')), /OK/);
+
+      const within = await certs.issue({ ca: shortCa, name: 'short', days: 30, out: join(dir, 'within-ca') });
+      assert.equal(within.code, 0, within.stderr);
+      assert.equal(within.stderr, '', 'no warning for a certificate inside the CA\'s validity');
+    });
+
+    test('an expired CA -> exit 1 saying so and how to make a new one, nothing written', async () => {
+      const expiredCa = await caDirFrom(await makeRootCA({ cn: 'certs expired CA', keyType: 'rsa', days: -1 }));
+      const out = join(dir, 'from-expired-ca');
+      const outcome = await certs.issue({ ca: expiredCa, name: 'late', out });
+      assert.equal(outcome.code, 1, outcome.stderr);
+      assert.match(outcome.stderr, /^certs issue: the CA certificate expired at \S+; create a new CA with "mtls-sidecar certs init"\n$/);
+      assert.equal(existsSync(join(out, 'tls.crt')), false);
     });
 
     test('missing CA directory fails with exit 1 naming ca.crt and how to create one', async () => {

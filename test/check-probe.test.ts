@@ -1,16 +1,18 @@
 // `mtls-sidecar check` and `mtls-sidecar probe` (SPEC §2): every cert-dir problem a real directory
 // can have, reported with its catalog code and a fix (exit 1), a healthy directory described in
 // full (exit 0), JSON output, usage errors (exit 2); and probe against real upstreams: a sidecar
-// inbound (exit 0 with TLS version, cipher and HTTP status), the three failures users hit most,
-// a refused port and a URL it cannot parse. Every code either command prints is in the README.
+// inbound (exit 0 with TLS version, cipher and HTTP status), the failures users hit most (each
+// reported at the step it belongs to, with a fix naming probe's own flags), a refused port and a
+// URL it cannot parse or dial. Every code either command prints is in the README.
 import assert from 'node:assert/strict';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { createServer as createNetServer, type Socket } from 'node:net';
 import { after, before, describe, test } from 'node:test';
-import { startEchoApp, startTlsServer, type EchoApp, type TlsTestServer } from './helpers/apps.js';
-import { opensslSanEntries } from './helpers/operability.js';
+import { listenLoopback, startEchoApp, startTlsServer, type EchoApp, type TlsTestServer } from './helpers/apps.js';
+import { opensslSanEntries, startHangingTlsServer } from './helpers/operability.js';
 import {
-  freshDir, issueLeaf, makeIntermediate, makeRootCA, makeService, normalizeSerial, sharedRootCA, writeLayout,
+  freshDir, issueLeaf, makeIntermediate, makeRootCA, makeService, normalizeSerial, openssl as opensslCli, sharedRootCA, writeLayout,
   type CertificateAuthority, type Leaf, type ServiceIdentity,
 } from './helpers/pki.js';
 import { freePort, REPO_ROOT, runCli, startSidecar, stopAllSidecars } from './helpers/sidecar.js';
@@ -43,16 +45,24 @@ interface ProbeStep {
 /** `check --cert-dir DIR` in text form. */
 const check = (dir: string, extra: string[] = []) => runCli(['check', '--cert-dir', dir, ...extra]);
 
-/** Exit 1, the problem `[code]` listed, and a `fix:` line right after it matching `fix`. */
-async function assertCheckProblem(dir: string, code: string, fix: RegExp): Promise<string> {
-  const result = await check(dir);
+/**
+ * Exit 1, the problem `[code]` listed, and a `fix:` line right after it matching `fix`; the
+ * problem line names its file at most once, and the fix does not repeat the problem.
+ */
+async function assertCheckProblem(dir: string, code: string, fix: RegExp, extra: string[] = []): Promise<string> {
+  const result = await check(dir, extra);
   assert.equal(result.code, 1, `check exit code for ${code}; stdout:\n${result.stdout}\nstderr:\n${result.stderr}`);
   const lines = result.stdout.split('\n');
   const index = lines.findIndex((line) => line.includes(`[${code}]`));
   assert.ok(index >= 0, `the report should name [${code}]:\n${result.stdout}`);
+  const problemLine = lines[index]!;
   const fixLine = lines[index + 1] ?? '';
   assert.match(fixLine, /^\s*fix: /, `a fix line should follow [${code}]:\n${result.stdout}`);
   assert.match(fixLine, fix, `fix for ${code}`);
+  const [, file, message] = /\] (?:(\/\S+): )?(.*)$/.exec(problemLine) ?? [];
+  if (file) assert.equal(problemLine.split(file).length - 1, 1, `the file is named once: ${problemLine}`);
+  assert.ok(message && !message.startsWith(dir), `the message follows the file, not the file again: ${problemLine}`);
+  assert.ok(!fixLine.includes(message), `the fix does not repeat the message:\n${problemLine}\n${fixLine}`);
   assert.doesNotMatch(result.stdout, /healthy: `mtls-sidecar run` will accept/);
   return result.stdout;
 }
@@ -148,11 +158,64 @@ describe('check', () => {
     assert.match(out, /valid from \d{4}-\d\d-\d\dT/);
   });
 
-  test('missing key file -> file_missing naming the file', async () => {
+  test('missing key file -> file_missing naming the file once, the problem once, and a fix that says what to do', async () => {
     const dir = await dirWith('missing-key', healthy.leaf.chainPem, healthy.leaf.keyPem, root.certPem);
     await rm(join(dir, 'tls.key'));
     const out = await assertCheckProblem(dir, 'file_missing', /write it|--\*-file|key-file/);
-    assert.ok(out.includes(join(dir, 'tls.key')), `the problem names the file:\n${out}`);
+    const lines = out.split('\n');
+    const index = lines.findIndex((line) => line.includes('[file_missing]'));
+    assert.equal(lines[index], `  [file_missing] ${join(dir, 'tls.key')}: the file is missing`);
+    assert.equal(lines[index + 1], '    fix: write it, or point the matching --*-file flag at it');
+  });
+
+  describe('a private key that does not load -> key_parse_error in plain words, with the fix for its case', () => {
+    /** The healthy leaf's key, encrypted by openssl with `passphrase` (PKCS#8, or PKCS#1/SEC1 with a Proc-Type header). */
+    const encryptedKey = (passphrase: string, traditional: boolean) =>
+      opensslCli(['pkey', '-aes256', '-passout', `pass:${passphrase}`, ...(traditional ? ['-traditional'] : [])], { input: healthy.leaf.keyPem });
+    const openSslWords = /interrupted or cancelled|bad decrypt|DECODER routines|unsupported|error:[0-9A-F]{8}/;
+
+    for (const traditional of [false, true]) {
+      const format = traditional ? 'traditional (Proc-Type: 4,ENCRYPTED)' : 'PKCS#8 (ENCRYPTED PRIVATE KEY)';
+
+      test(`${format} encrypted key and no --key-passphrase-file -> "encrypted and no passphrase was given", fix: pass --key-passphrase-file`, async () => {
+        const dir = await dirWith('encrypted-key', healthy.leaf.chainPem, await encryptedKey('s3cret', traditional), root.certPem);
+        const out = await assertCheckProblem(dir, 'key_parse_error', /^\s*fix: pass --key-passphrase-file/);
+        assert.ok(out.includes(`[key_parse_error] ${join(dir, 'tls.key')}: the key is encrypted and no passphrase was given`), out);
+        assert.doesNotMatch(out, openSslWords);
+      });
+
+      test(`${format} encrypted key and a passphrase file that does not decrypt it -> says so, and the fix does not ask for the flag already given`, async () => {
+        const dir = await dirWith('wrong-passphrase', healthy.leaf.chainPem, await encryptedKey('s3cret', traditional), root.certPem);
+        await writeFile(join(dir, 'passphrase'), 'not-the-passphrase\n');
+        const out = await assertCheckProblem(dir, 'key_parse_error', /^\s*fix: put this key's passphrase in that file, or deploy the key that passphrase belongs to$/, ['--key-passphrase-file', join(dir, 'passphrase')]);
+        assert.ok(out.includes(`[key_parse_error] ${join(dir, 'tls.key')}: the key is encrypted and the passphrase file (--key-passphrase-file) does not decrypt this key`), out);
+        assert.doesNotMatch(out, /pass --key-passphrase-file/);
+        assert.doesNotMatch(out, openSslWords);
+      });
+    }
+
+    test('the same encrypted key with its passphrase file -> healthy (exit 0)', async () => {
+      const dir = await dirWith('right-passphrase', healthy.leaf.chainPem, await encryptedKey('s3cret', false), root.certPem);
+      await writeFile(join(dir, 'passphrase'), 's3cret\n');
+      const result = await check(dir, ['--key-passphrase-file', join(dir, 'passphrase')]);
+      assert.equal(result.code, 0, result.stdout);
+      assert.match(result.stdout, /matches the leaf/);
+    });
+
+    const notKeys: Array<[string, () => string]> = [
+      ['a PRIVATE KEY block of junk', () => '-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5IGF0IGFsbA==\n-----END PRIVATE KEY-----\n'],
+      ['a certificate where the key belongs', () => healthy.leaf.certPem],
+      ['text with no PEM block', () => 'hello\n'],
+    ];
+    for (const [what, keyPem] of notKeys) {
+      test(`${what} -> "not a PEM private key of a supported type", fix names the PEM key formats`, async () => {
+        const dir = await dirWith('junk-key', healthy.leaf.chainPem, keyPem(), root.certPem);
+        const out = await assertCheckProblem(dir, 'key_parse_error', /PKCS#8 \(BEGIN PRIVATE KEY.*PKCS#1 RSA \(BEGIN RSA PRIVATE KEY\).*SEC1 EC \(BEGIN EC PRIVATE KEY\)/);
+        assert.ok(out.includes(`[key_parse_error] ${join(dir, 'tls.key')}: it is not a PEM private key of a supported type`), out);
+        assert.doesNotMatch(out, openSslWords);
+        assert.doesNotMatch(out, /no passphrase|does not decrypt/);
+      });
+    }
   });
 
   test('a directory with no recognised file set -> no_layout', async () => {
@@ -243,11 +306,11 @@ describe('probe', () => {
   };
 
   /** Exit 1 and, in --json, the failing step with `code` and a fix matching `fix`. */
-  const assertProbeFailure = async (url: string, code: string, fix: RegExp): Promise<ProbeStep> => {
-    const text = await probe(url);
+  const assertProbeFailure = async (url: string, code: string, fix: RegExp, extra: string[] = []): Promise<ProbeStep> => {
+    const text = await probe(url, extra);
     assert.equal(text.code, 1, `probe exit code; stdout:\n${text.stdout}\nstderr:\n${text.stderr}`);
     assert.ok(text.stdout.includes(`[${code}]`), `text output names [${code}]:\n${text.stdout}`);
-    const json = await probe(url, ['--json']);
+    const json = await probe(url, [...extra, '--json']);
     assert.equal(json.code, 1);
     const report = JSON.parse(json.stdout) as { ok: boolean; steps: ProbeStep[] };
     assert.equal(report.ok, false);
@@ -295,6 +358,58 @@ describe('probe', () => {
     assert.match(step.fix ?? '', /localhost/);
   });
 
+  test('a certificate that verifies but lacks the dialled IP (https://127.0.0.1) -> Trust ok, only the name step fails (name_mismatch)', async () => {
+    const dnsOnly = await issueLeaf(root, { cn: 'probe-dns-only', dns: ['localhost'] });
+    const server = await upstream(dnsOnly);
+    const url = `https://127.0.0.1:${server.port}/`;
+    const step = await assertProbeFailure(url, 'name_mismatch', /localhost/);
+    assert.match(step.fix ?? '', /127\.0\.0\.1/);
+    const report = JSON.parse((await probe(url, ['--json'])).stdout) as { steps: ProbeStep[] };
+    const trust = report.steps.find((candidate) => candidate.name === 'Trust');
+    assert.equal(trust?.ok, true, `the chain verifies: ${JSON.stringify(trust)}`);
+    assert.deepEqual(report.steps.filter((candidate) => !candidate.ok).map((candidate) => candidate.code), ['name_mismatch']);
+    const text = await probe(url);
+    assert.match(text.stdout, /^✔ Trust: the chain verifies to our bundle/m);
+    assert.doesNotMatch(text.stdout, /ERR_TLS_CERT_ALTNAME_INVALID|\[tls_error\]/);
+  });
+
+  test('an upstream port that accepts TCP and never answers the handshake -> handshake_timeout, fix names probe\'s --timeout', async () => {
+    const sockets = new Set<Socket>();
+    const silent = createNetServer((socket) => sockets.add(socket));
+    const port = await listenLoopback(silent);
+    try {
+      const step = await assertProbeFailure(`https://localhost:${port}/`, 'handshake_timeout', /--timeout\b/, ['--timeout', '500ms']);
+      assert.equal(step.name, 'TLS');
+      assert.doesNotMatch(step.fix ?? '', /--handshake-timeout|--connect-timeout|--request-timeout/);
+    } finally {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => silent.close(resolve));
+    }
+  });
+
+  test('an upstream that completes the handshake and never answers the request -> upstream_timeout, fix names probe\'s --timeout', async () => {
+    const hanging = await startHangingTlsServer({ certPem: target.leaf.chainPem, keyPem: target.leaf.keyPem });
+    try {
+      const step = await assertProbeFailure(`https://localhost:${hanging.port}/`, 'upstream_timeout', /--timeout\b/, ['--timeout', '500ms']);
+      assert.equal(step.name, 'HTTP');
+      assert.doesNotMatch(step.fix ?? '', /--handshake-timeout|--connect-timeout|--request-timeout/);
+    } finally {
+      await hanging.close();
+    }
+  });
+
+  test('our own key file missing -> "Our certificate" names the file once, the problem once, and the fix', async () => {
+    const dir = await freshDir('probe-no-key');
+    await writeLayout(dir, 'kubernetes', { chainPem: caller.leaf.chainPem, keyPem: caller.leaf.keyPem, bundlePem: root.certPem });
+    await rm(join(dir, 'tls.key'));
+    const result = await runCli(['probe', 'https://localhost:1/', '--cert-dir', dir]);
+    assert.equal(result.code, 1, result.stdout);
+    const lines = result.stdout.split('\n');
+    const index = lines.findIndex((line) => line.startsWith('✘ Our certificate:'));
+    assert.equal(lines[index], `✘ Our certificate: ${join(dir, 'tls.key')}: the file is missing [file_missing]`);
+    assert.match(lines[index + 1] ?? '', /^ {4}fix: write it, or point the matching --\*-file flag at it \(`mtls-sidecar check`/);
+  });
+
   test('refused port -> exit 1, upstream_refused', async () => {
     const port = await freePort();
     const result = await probe(`https://localhost:${port}/`);
@@ -303,12 +418,13 @@ describe('probe', () => {
     assert.match(result.stdout, /fix: nothing listens on that host and port/);
   });
 
-  for (const badUrl of ['https://pay ments.svc:8443/', 'https://[::1:8443/', 'https://payments.svc:99999/']) {
-    test(`a URL it cannot parse (${badUrl}) -> exit 2 naming it, no report`, async () => {
+  for (const badUrl of ['ftp://localhost/', 'tcp://payments.svc:8443', 'https://pay ments.svc:8443/', 'https://[::1:8443/', 'https://payments.svc:99999/']) {
+    test(`a URL it cannot parse or dial (${badUrl}) -> exit 2 naming it in one line, no report`, async () => {
       const result = await probe(badUrl);
       assert.equal(result.code, 2, `stdout:\n${result.stdout}\nstderr:\n${result.stderr}`);
       assert.ok(result.stderr.includes(JSON.stringify(badUrl)), `the message names the URL: ${result.stderr}`);
       assert.match(result.stderr, /not a URL such as https:\/\/payments\.svc:8443\/health/);
+      assert.equal(result.stderr.trim().split('\n').length, 1, `one line: ${result.stderr}`);
       assert.equal(result.stdout, '', 'no report for a usage error');
     });
   }

@@ -16,6 +16,11 @@ export interface PemPair {
   keyPem: string;
 }
 
+export interface IssuedCert extends PemPair {
+  /** Set when the validity asked for outlived the CA: the certificate then ends when the CA does. */
+  cappedAtCaExpiry?: Date;
+}
+
 export interface DevCAOptions {
   commonName?: string;
   /** Validity in days from now; default 365. */
@@ -93,7 +98,7 @@ export function createDevCA(opts: DevCAOptions = {}): PemPair {
   return { certPem: forge.pki.certificateToPem(cert), keyPem: keys.privateKeyPem };
 }
 
-export function issueDevCert(ca: PemPair, opts: DevCertOptions): PemPair {
+export function issueDevCert(ca: PemPair, opts: DevCertOptions): IssuedCert {
   requireName('--name', opts.name);
   const dns = (opts.dns ?? []).map((name) => validDnsName(name));
   const spiffe = (opts.spiffe ?? []).map((id) => validSpiffeId(id));
@@ -112,7 +117,14 @@ export function issueDevCert(ca: PemPair, opts: DevCertOptions): PemPair {
   // "--days 30" means 30 days from now; the skew allowance only moves the start back.
   const now = Date.now();
   const notBefore = opts.notBefore ?? new Date(now - CLOCK_SKEW_MS);
-  const notAfter = opts.notBefore ? new Date(notBefore.getTime() + days * DAY_MS) : new Date(now + days * DAY_MS);
+  const requestedNotAfter = opts.notBefore ? new Date(notBefore.getTime() + days * DAY_MS) : new Date(now + days * DAY_MS);
+  const caNotAfter = caCert.validity.notAfter;
+  if (caNotAfter.getTime() <= now) {
+    throw new Error(`the CA certificate expired at ${caNotAfter.toISOString()}; create a new CA with "mtls-sidecar certs init"`);
+  }
+  // Verifiers refuse a chain once its CA has expired, so validity past it would only mislead.
+  const capped = requestedNotAfter > caNotAfter;
+  const notAfter = capped ? caNotAfter : requestedNotAfter;
   const cert = forge.pki.createCertificate();
   cert.publicKey = keys.publicKey;
   cert.serialNumber = randomSerialHex();
@@ -139,7 +151,7 @@ export function issueDevCert(ca: PemPair, opts: DevCertOptions): PemPair {
   }
   cert.setExtensions(extensions);
   cert.sign(caKey, forge.md.sha256.create());
-  return { certPem: forge.pki.certificateToPem(cert), keyPem: keys.privateKeyPem };
+  return { certPem: forge.pki.certificateToPem(cert), keyPem: keys.privateKeyPem, ...(capped ? { cappedAtCaExpiry: caNotAfter } : {}) };
 }
 
 /** Writes DIR/ca.crt and DIR/ca.key (mode 0600), creating DIR if needed. */

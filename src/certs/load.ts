@@ -6,7 +6,7 @@
 import { createHash, createPrivateKey, X509Certificate, type KeyObject } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
 import { isAbsolute, join } from 'node:path';
-import { CertError, type CertProblemCode } from '../errors.js';
+import { CertError, keyParseError, type CertProblemCode } from '../errors.js';
 import type { CertDirConfig } from '../config.js';
 import { certIdentity, rfc2253, type CertIdentity } from './identity.js';
 
@@ -145,13 +145,17 @@ export function parseCertificates(text: string, file: string): X509Certificate[]
   });
 }
 
+/** PKCS#8 `ENCRYPTED PRIVATE KEY`, or a traditional (PKCS#1/SEC1) key with an encryption header. */
+const encryptedKeyPem = /-----BEGIN ENCRYPTED PRIVATE KEY-----|^Proc-Type:\s*4,ENCRYPTED/m;
+
 export function parsePrivateKey(text: Buffer, file: string, passphrase: string | undefined): KeyObject {
   try {
     return createPrivateKey({ key: text, format: 'pem', ...(passphrase === undefined ? {} : { passphrase }) });
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    const reason = code === 'ERR_MISSING_PASSPHRASE' ? 'the key is encrypted and no --key-passphrase-file was given' : (error as Error).message;
-    throw new CertError('key_parse_error', file, reason);
+  } catch {
+    // Told apart by the PEM itself, not OpenSSL's error text: a wrong passphrase can also end in a
+    // decoding error when the garbage it decrypts to happens to be padded correctly.
+    if (!encryptedKeyPem.test(text.toString('latin1'))) throw keyParseError(file, 'not_a_key');
+    throw keyParseError(file, passphrase === undefined ? 'passphrase_missing' : 'passphrase_wrong');
   }
 }
 

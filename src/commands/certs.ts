@@ -7,6 +7,7 @@ import { X509Certificate } from 'node:crypto';
 import { join, resolve } from 'node:path';
 import {
   createDevCA,
+  DEFAULT_LEAF_DAYS,
   uniqueDevCaName,
   InvalidCertOptionError,
   issueDevCert,
@@ -75,6 +76,10 @@ export async function certsIssue(args: CertsIssueArgs): Promise<number> {
       days: args.days,
     });
     await writeServiceDir(out, leaf, ca.certPem);
+    if (leaf.cappedAtCaExpiry) {
+      const days = args.days ?? DEFAULT_LEAF_DAYS;
+      process.stderr.write(`certs issue: warning: ${days} days would outlive the CA, which expires ${leaf.cappedAtCaExpiry.toISOString()}; the certificate expires with it\n`);
+    }
     const cert = new X509Certificate(leaf.certPem);
     printSummary([
       `wrote ${join(out, 'tls.crt')}, ${join(out, 'tls.key')} (0600) and ${join(out, 'ca.crt')}`,

@@ -7,7 +7,7 @@ import type { X509Certificate } from 'node:crypto';
 import type { CertDirConfig } from '../config.js';
 import { describeCertificate, expiresIn, sanList, type CertSummary } from '../certs/describe.js';
 import { keyMismatch, parseCertificates, parsePrivateKey, readCertFile, readCertFiles, resolveCertFiles, validateCertFiles, validityOf, verifyChain, type CertFiles } from '../certs/load.js';
-import { CertError, certProblems, diagnosticProblems, type CertProblemCode, type DiagnosticCode } from '../errors.js';
+import { CertError, diagnosticProblems, type CertProblemCode, type DiagnosticCode } from '../errors.js';
 
 export interface Problem {
   code: CertProblemCode | DiagnosticCode;
@@ -34,7 +34,7 @@ export interface CheckReport {
 
 function problemFrom(error: unknown): Problem {
   if (error instanceof CertError) {
-    return { code: error.code, file: error.file, message: error.detail ?? error.message, fix: certProblems[error.code] };
+    return { code: error.code, file: error.file, message: error.problem, fix: error.fix };
   }
   return { code: 'unexpected', file: undefined, message: (error as Error).message, fix: diagnosticProblems.unexpected };
 }

@@ -54,7 +54,7 @@ function tcpCheck(host: string, port: number, timeoutMs: number): Promise<Step> 
     const socket = netConnect({ host, port });
     const timer = setTimeout(() => {
       socket.destroy();
-      resolve({ name: 'TCP', ok: false, detail: `no answer from ${host}:${port} within ${timeoutMs} ms`, code: 'upstream_timeout', fix: appErrors.upstream_timeout.hint });
+      resolve({ name: 'TCP', ok: false, detail: `no answer from ${host}:${port} within ${timeoutMs} ms`, code: 'upstream_timeout', fix: probeFixes.upstream_timeout });
     }, timeoutMs);
     socket.once('connect', () => {
       clearTimeout(timer);
@@ -110,6 +110,9 @@ function tlsCheck(host: string, port: number, set: CertSet, options: ProbeOption
       port,
       servername: isIP(host) ? undefined : host,
       rejectUnauthorized: false,
+      // Node would fold a name mismatch into authorizationError, so into the Trust step: here
+      // `authorized` is about the chain only, and the Name/identity step checks the name.
+      checkServerIdentity: () => undefined,
     });
     let handshakeDone = false;
     let settled = false;
@@ -121,7 +124,11 @@ function tlsCheck(host: string, port: number, set: CertSet, options: ProbeOption
       resolve(steps);
     };
     const timer = setTimeout(() => {
-      steps.push(handshakeDone ? { name: 'HTTP', ok: false, detail: `no response within ${options.timeoutMs} ms`, code: 'upstream_timeout', fix: appErrors.upstream_timeout.hint } : failure('TLS', 'handshake_timeout', `no handshake within ${options.timeoutMs} ms`));
+      steps.push(
+        handshakeDone
+          ? { name: 'HTTP', ok: false, detail: `no response within ${options.timeoutMs} ms`, code: 'upstream_timeout', fix: probeFixes.upstream_timeout }
+          : failure('TLS', 'handshake_timeout', `no handshake within ${options.timeoutMs} ms`, probeFixes.handshake_timeout),
+      );
       finish();
     }, options.timeoutMs);
     socket.once('secureConnect', () => {
@@ -183,12 +190,23 @@ function tlsCheck(host: string, port: number, set: CertSet, options: ProbeOption
   });
 }
 
-export async function probeCommand(options: ProbeOptions, json: boolean): Promise<number> {
-  let url: URL;
+/**
+ * The URL to dial, or undefined when it is none probe can dial: https, or http as an app sends it
+ * to the forward proxy (which originates TLS all the same); no scheme means https.
+ */
+function probeUrl(text: string): URL | undefined {
   try {
-    url = new URL(options.url.includes('://') ? options.url : `https://${options.url}`);
+    const url = new URL(text.includes('://') ? text : `https://${text}`);
+    return url.protocol === 'https:' || url.protocol === 'http:' ? url : undefined;
   } catch {
-    process.stderr.write(`mtls-sidecar: probe: ${JSON.stringify(options.url)} is not a URL such as https://payments.svc:8443/health\n`);
+    return undefined;
+  }
+}
+
+export async function probeCommand(options: ProbeOptions, json: boolean): Promise<number> {
+  const url = probeUrl(options.url);
+  if (!url) {
+    process.stderr.write(`mtls-sidecar: probe: ${JSON.stringify(options.url)} is not a URL such as https://payments.svc:8443/health (https, or http as an app sends it through the forward proxy)\n`);
     return 2;
   }
   const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
@@ -201,7 +219,7 @@ export async function probeCommand(options: ProbeOptions, json: boolean): Promis
   } catch (error) {
     steps.push(
       error instanceof CertError
-        ? { name: 'Our certificate', ok: false, detail: error.message, code: error.code, fix: probeFixes.our_cert_invalid(error.code) }
+        ? { name: 'Our certificate', ok: false, detail: `${error.file ? `${error.file}: ` : ''}${error.problem}`, code: error.code, fix: probeFixes.our_cert_invalid(error.fix) }
         : { name: 'Our certificate', ok: false, detail: (error as Error).message, code: 'unexpected', fix: diagnosticProblems.unexpected },
     );
   }
