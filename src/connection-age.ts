@@ -1,11 +1,26 @@
 /**
- * --max-connection-age: a keep-alive connection older than this is closed after its current
- * request, so a removed root or a revoked peer is not trusted forever on a long-lived connection.
+ * --max-connection-age (inbound): a keep-alive connection older than this is closed once it is
+ * idle, so a removed root or a revoked peer is not trusted forever on a long-lived connection. A
+ * request that arrives on it after that age is answered with `Connection: close`; a request in
+ * flight when the age passes finishes first (never cut mid-request), then the connection closes;
+ * an idle one closes when the age passes. Upgraded connections (WebSocket) are tunnels, not
+ * keep-alive connections, and are left alone.
  */
+import type { ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 
+interface Tracked {
+  born: number;
+  /** Requests in flight; Infinity once upgraded. */
+  busy: number;
+  /** The age passed while a request was in flight: close when the last one ends. */
+  closeWhenIdle: boolean;
+  /** The socket HTTP runs on (the TLS socket over `raw`), for a graceful end. */
+  httpSocket: Socket | undefined;
+}
+
 export class ConnectionAge {
-  readonly #born = new WeakMap<Socket, number>();
+  readonly #tracked = new WeakMap<Socket, Tracked>();
   readonly #maxAgeMs: number;
 
   constructor(maxAgeMs: number) {
@@ -16,12 +31,42 @@ export class ConnectionAge {
     return this.#maxAgeMs > 0;
   }
 
-  born(socket: Socket, now = Date.now()): void {
-    if (this.enabled && !this.#born.has(socket)) this.#born.set(socket, now);
+  /** A new connection (`raw`: the accepted TCP socket): its clock starts now. */
+  born(raw: Socket, now = Date.now()): void {
+    if (!this.enabled || this.#tracked.has(raw)) return;
+    const tracked: Tracked = { born: now, busy: 0, closeWhenIdle: false, httpSocket: undefined };
+    this.#tracked.set(raw, tracked);
+    const timer = setTimeout(() => {
+      if (tracked.busy === 0) this.#close(raw, tracked);
+      else tracked.closeWhenIdle = true;
+    }, this.#maxAgeMs);
+    timer.unref();
+    raw.once('close', () => clearTimeout(timer));
   }
 
-  expired(socket: Socket, now = Date.now()): boolean {
-    const born = this.#born.get(socket);
-    return this.enabled && born !== undefined && now - born >= this.#maxAgeMs;
+  /** A request on `raw` (HTTP over `httpSocket`); past the age, its response closes the connection. */
+  request(raw: Socket, httpSocket: Socket, res: ServerResponse, now = Date.now()): void {
+    const tracked = this.#tracked.get(raw);
+    if (!tracked) return;
+    tracked.httpSocket = httpSocket;
+    if (now - tracked.born >= this.#maxAgeMs) res.shouldKeepAlive = false;
+    tracked.busy += 1;
+    res.once('close', () => {
+      tracked.busy -= 1;
+      if (tracked.busy === 0 && tracked.closeWhenIdle) this.#close(raw, tracked);
+    });
+  }
+
+  /** `raw` now carries an upgraded protocol: no longer a keep-alive connection to retire. */
+  upgraded(raw: Socket): void {
+    const tracked = this.#tracked.get(raw);
+    if (tracked) tracked.busy = Number.POSITIVE_INFINITY;
+  }
+
+  #close(raw: Socket, tracked: Tracked): void {
+    // A graceful end of the TLS session where there is one (close_notify, then FIN).
+    const socket = tracked.httpSocket ?? raw;
+    if (!socket.destroyed) socket.end();
+    socket.setTimeout(5000, () => raw.destroy());
   }
 }

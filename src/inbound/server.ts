@@ -147,14 +147,19 @@ export class InboundListener {
   }
 
   #onRequest(req: IncomingMessage, res: ServerResponse): void {
-    const raw = (req.socket as Socket & { _parent?: Socket })._parent ?? req.socket;
-    if (this.#connectionAge.expired(raw)) res.shouldKeepAlive = false;
+    this.#connectionAge.request(acceptedSocket(req.socket), req.socket, res);
     const options = this.#admit(req, false, (detail, who, peer) => this.#forwarder.refuse(req, res, 'peer_not_allowed', detail, who, peer));
     if (options) this.#forwarder.web(req, res, options);
   }
 
   #onUpgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
+    this.#connectionAge.upgraded(acceptedSocket(socket));
     const options = this.#admit(req, true, (detail, _who, peer) => endWithErrorResponse(socket, 'peer_not_allowed', detail, peer));
     if (options) this.#forwarder.upgrade(req, socket, head, options);
   }
+}
+
+/** The TCP socket the listener accepted (the one under a TLS socket), which --max-connection-age times. */
+function acceptedSocket(socket: Socket): Socket {
+  return (socket as Socket & { _parent?: Socket })._parent ?? socket;
 }
