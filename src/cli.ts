@@ -5,7 +5,7 @@
  */
 import { stat } from 'node:fs/promises';
 import yargs, { type Argv, type Options } from 'yargs';
-import { hideBin } from 'yargs/helpers';
+import { hideBin, Parser } from 'yargs/helpers';
 import { certsInit, certsIssue } from './commands/certs.js';
 import { waitReady } from './commands/wait.js';
 import { checkCommand } from './commands/check.js';
@@ -14,7 +14,7 @@ import { buildConfig, envName, parseDuration, readEnv, runOptions, type OptionSp
 import { runDemo } from './demo.js';
 import { ConfigError } from './errors.js';
 import { createLogger, flushLogs } from './log.js';
-import { runSidecar } from './run.js';
+import { runSidecar, type RunningSidecar } from './run.js';
 import cluster from 'node:cluster';
 import { runPrimary } from './cluster.js';
 
@@ -42,6 +42,39 @@ function yargsOptions(table: Record<string, OptionSpec>, envValues: Record<strin
   return options;
 }
 
+/**
+ * Usage errors yargs lets through, so each command checks the words as typed: a single-value flag
+ * given twice (yargs would make it a list, `--inbound a --inbound b` -> ["a","b"], or for a boolean
+ * keep the last) and a flag given with no value (yargs would quietly use the default, so
+ * `check --cert-dir` checked /etc/sidecar/certs). The words are parsed again without env values or
+ * defaults; booleans are read as text so that every occurrence is kept.
+ */
+function rejectRepeatedOrEmptyFlags(argv: string[], options: Record<string, Options>): void {
+  const flags = Object.keys(options);
+  const isList = (flag: string) => options[flag]!.type === 'array';
+  const typed = Parser(argv, {
+    string: flags.filter((flag) => !isList(flag)),
+    array: flags.filter(isList),
+    alias: Object.fromEntries(flags.map((flag) => [flag, Parser.camelCase(flag)])),
+    configuration: { 'boolean-negation': false },
+  });
+  for (const flag of flags) {
+    const value: unknown = typed[flag];
+    const isBoolean = options[flag]!.type === 'boolean';
+    if (Array.isArray(value) && !isList(flag)) {
+      const given = value.map((item) => (isBoolean && item === '' ? 'true' : JSON.stringify(String(item))));
+      usageError(`--${flag} given ${given.length === 2 ? 'twice' : `${given.length} times`} (${given.join(', ')}): give it once`);
+    }
+    const noValue = isList(flag) ? Array.isArray(value) && value.length === 0 : value === '' && !isBoolean;
+    if (noValue) usageError(`--${flag} given with no value: give it one, or leave it out`);
+  }
+}
+
+/** Declares a command's options; the check above runs before yargs validates the values. */
+function declareOptions(command: Argv, options: Record<string, Options>, argv: string[]): Argv {
+  return command.options(options).middleware(() => rejectRepeatedOrEmptyFlags(argv, options), true);
+}
+
 async function runCommand(args: RawRunArgs, unknownEnv: string[]): Promise<void> {
   const config = configFrom(args);
   const dirStat = await stat(config.certs.dir).catch(() => undefined);
@@ -60,23 +93,31 @@ async function runCommand(args: RawRunArgs, unknownEnv: string[]): Promise<void>
   };
   if (config.workers > 1 && cluster.isPrimary) return exit(await runPrimary(config, logger));
   // A worker of --workers N: the primary owns the admin listener and answers for every worker.
-  const running = await runSidecar(cluster.isWorker ? { ...config, admin: null } : config, logger);
-  if (typeof running === 'number') return exit(running);
-  process.once('SIGTERM', () => running.stop('SIGTERM'));
-  process.once('SIGINT', () => running.stop('SIGINT'));
+  // Signals are taken from before start-up: `sidecar ready` is logged before runSidecar returns, and
+  // a SIGTERM right after it must drain, not kill the process.
+  let running: RunningSidecar | undefined = undefined;
+  let stopRequested: string | undefined;
+  const onSignal = (signal: string) => (running ? running.stop(signal) : (stopRequested ??= signal));
+  process.once('SIGTERM', () => onSignal('SIGTERM'));
+  process.once('SIGINT', () => onSignal('SIGINT'));
+  const started = await runSidecar(cluster.isWorker ? { ...config, admin: null } : config, logger);
+  if (typeof started === 'number') return exit(started);
+  running = started;
+  if (stopRequested) running.stop(stopRequested);
   return exit(await running.stopped);
 }
 
-function addRunOptions(command: Argv, envValues: Record<string, unknown>): Argv {
-  return command.options(yargsOptions(runOptions, envValues));
+function addRunOptions(command: Argv, envValues: Record<string, unknown>, argv: string[]): Argv {
+  return declareOptions(command, yargsOptions(runOptions, envValues), argv);
 }
 
 /** The flags `check` and `probe` share with `run`, so they load certificates exactly as it does. */
 const certFlags = ['cert-dir', 'cert-file', 'key-file', 'ca-file', 'key-passphrase-file', 'min-tls', 'trust-domain'] as const;
 
-function addCertOptions(command: Argv, envValues: Record<string, unknown>): Argv {
+function addCertOptions(command: Argv, envValues: Record<string, unknown>, argv: string[], more: Record<string, Options> = {}): Argv {
   const table = Object.fromEntries(certFlags.map((flag) => [flag, runOptions[flag]]));
-  return command.options(yargsOptions(table, envValues)).option('json', { type: 'boolean', default: false, describe: 'print the report as JSON' });
+  const json: Options = { type: 'boolean', default: false, describe: 'print the report as JSON' };
+  return declareOptions(command, { ...yargsOptions(table, envValues), json, ...more }, argv);
 }
 
 function configFrom(args: RawRunArgs) {
@@ -96,23 +137,24 @@ export async function main(argv: string[]): Promise<void> {
     .command(
       ['run', '$0'],
       'run the sidecar (the default command)',
-      (command) => addRunOptions(command, envValues),
+      (command) => addRunOptions(command, envValues, argv),
       (args) => runCommand(args as RawRunArgs, unknownEnv),
     )
     .command(
       'check',
       'load the cert dir exactly as run would and explain every problem (exit 0 healthy, 1 problems)',
-      (command) => addCertOptions(command, envValues),
+      (command) => addCertOptions(command, envValues, argv),
       async (args) => process.exit(await checkCommand(configFrom(args as RawRunArgs).certs, args.json === true)),
     )
     .command(
       'probe <url>',
       'connect to an upstream as run would and explain the outcome (exit 0 ok, 1 problems)',
       (command) =>
-        addCertOptions(command, envValues)
-          .positional('url', { type: 'string', describe: 'https://HOST:PORT/path of the upstream', demandOption: true })
-          .option('expect-spiffe', { type: 'string', describe: 'SPIFFE ID the upstream must present' })
-          .option('timeout', { type: 'string', default: '5s', describe: 'give up on each step after this long' }),
+        addCertOptions(command, envValues, argv, {
+          'expect-spiffe': { type: 'string', describe: 'SPIFFE ID the upstream must present' },
+          timeout: { type: 'string', default: '5s', describe: 'give up on each step after this long' },
+        })
+          .positional('url', { type: 'string', describe: 'https://HOST:PORT/path of the upstream', demandOption: true }),
       async (args) => {
         // Here --expect-spiffe is one ID for this upstream, not run's HOST=ID list.
         const config = configFrom({ ...(args as RawRunArgs), 'expect-spiffe': undefined });

@@ -19,9 +19,9 @@ export interface OptionSpec {
 export const runOptions = {
   'cert-dir': { type: 'string', default: '/etc/sidecar/certs', describe: 'directory holding certificate chain, key and trust bundle' },
   'cert-file': { type: 'string', describe: 'certificate chain file (relative to --cert-dir, or absolute); default: detected layout' },
-  'key-file': { type: 'string', describe: 'private key file; default: detected layout' },
-  'ca-file': { type: 'string', describe: 'trust bundle file; default: detected layout' },
-  'key-passphrase-file': { type: 'string', describe: 'file holding the passphrase of an encrypted private key' },
+  'key-file': { type: 'string', describe: 'private key file (relative to --cert-dir, or absolute); default: detected layout' },
+  'ca-file': { type: 'string', describe: 'trust bundle file (relative to --cert-dir, or absolute); default: detected layout' },
+  'key-passphrase-file': { type: 'string', describe: 'file holding the passphrase of an encrypted private key (relative to --cert-dir, or absolute)' },
   inbound: { type: 'string', default: '0.0.0.0:8443', describe: 'mTLS listener for peers (HOST:PORT, or off)' },
   app: { type: 'string', default: 'http://127.0.0.1:8080', describe: 'the local app: http://HOST:PORT or unix:/path.sock (tcp://HOST:PORT with --protocol tcp)' },
   outbound: { type: 'string', default: '127.0.0.1:15001', describe: 'plaintext HTTP forward proxy for the app (HOST:PORT, or off)' },
@@ -48,7 +48,7 @@ export const runOptions = {
   'drain-timeout': { type: 'string', default: '15s', describe: 'on SIGTERM, time in-flight requests have to finish' },
   'max-header-size': { type: 'number', default: 16384, describe: 'largest request/response header block in bytes' },
   'max-connections': { type: 'number', default: 0, describe: 'cap on concurrent inbound connections; 0 = none' },
-  'max-connection-age': { type: 'string', default: '0', describe: 'close keep-alive connections older than this once idle; 0 = never' },
+  'max-connection-age': { type: 'string', default: '0', describe: 'close keep-alive connections older than this once idle (a request in flight finishes first); 0 = never' },
   'log-level': { type: 'string', default: 'info', choices: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'], describe: 'log level' },
   'log-format': { type: 'string', default: 'json', choices: ['json', 'pretty'], describe: 'log format' },
 } as const satisfies Record<string, OptionSpec>;
@@ -132,10 +132,11 @@ export function parseDuration(flag: string, value: unknown): number {
   return Math.round(amount * factor);
 }
 
+/** A listener may take port 0 (any free port); a port to connect to may not. */
 function parsePort(flag: string, value: unknown, text: string, allowZero = true): number {
-  if (!/^\d+$/.test(text)) throw new ConfigError(flag, value, 'a port must be a number from 1 to 65535');
+  const allowed = `a port must be a number from ${allowZero ? 0 : 1} to 65535`;
   const port = Number(text);
-  if (port > 65535 || (!allowZero && port === 0)) throw new ConfigError(flag, value, 'a port must be a number from 1 to 65535');
+  if (!/^\d+$/.test(text) || port > 65535 || (!allowZero && port === 0)) throw new ConfigError(flag, value, allowed);
   return port;
 }
 
@@ -250,9 +251,11 @@ function parseBoolean(flag: string, value: unknown): boolean {
   return parsed;
 }
 
-function nonNegativeInteger(flag: string, value: unknown): number {
-  const number = Number(value);
-  if (!Number.isInteger(number) || number < 0) throw new ConfigError(flag, value, 'a whole number, 0 or more');
+/** A whole number of at least `min`; one message for every bad value, whether `two` or too small. */
+function wholeNumber(flag: string, value: unknown, min: 0 | 1): number {
+  const text = String(value).trim();
+  const number = Number(text);
+  if (!/^\d+$/.test(text) || number < min) throw new ConfigError(flag, value, `a whole number, ${min} or more`);
   return number;
 }
 
@@ -275,8 +278,7 @@ export function buildConfig(args: RawRunArgs): Config {
   if (minTls !== '1.2' && minTls !== '1.3') throw new ConfigError('min-tls', minTls, '1.2 or 1.3');
   const logFormat = String(args['log-format'] ?? 'json');
   if (logFormat !== 'json' && logFormat !== 'pretty') throw new ConfigError('log-format', logFormat, 'json or pretty');
-  const workers = nonNegativeInteger('workers', args.workers ?? 1);
-  if (workers < 1) throw new ConfigError('workers', args.workers, 'a whole number, 1 or more');
+  const workers = wholeNumber('workers', args.workers ?? 1, 1);
 
   const upstreams = toList(args.upstream).map(parseUpstream);
   const seenPorts = new Set<number>();
@@ -327,8 +329,9 @@ export function buildConfig(args: RawRunArgs): Config {
       requestMs: parseDuration('request-timeout', args['request-timeout'] ?? runOptions['request-timeout'].default),
       drainMs: parseDuration('drain-timeout', args['drain-timeout'] ?? runOptions['drain-timeout'].default),
     },
-    maxHeaderSize: nonNegativeInteger('max-header-size', args['max-header-size'] ?? runOptions['max-header-size'].default),
-    maxConnections: nonNegativeInteger('max-connections', args['max-connections'] ?? 0),
+    // undici refuses a 0 limit, and Node's HTTP server would read 0 as its own default.
+    maxHeaderSize: wholeNumber('max-header-size', args['max-header-size'] ?? runOptions['max-header-size'].default, 1),
+    maxConnections: wholeNumber('max-connections', args['max-connections'] ?? 0, 0),
     maxConnectionAgeMs: parseDuration('max-connection-age', args['max-connection-age'] ?? '0'),
     logLevel: String(args['log-level'] ?? 'info'),
     logFormat,

@@ -17,6 +17,7 @@ import {
   makeRootCA,
   makeService,
   normalizeSerial,
+  openssl,
   sharedRootCA,
   writeLayout,
   type CertificateAuthority,
@@ -26,6 +27,7 @@ import {
   type Leaf,
   type ServiceIdentity,
 } from './helpers/pki.js';
+import { runOptions } from '../src/config.js';
 import { freePort, runCli, startSidecar, stopAllSidecars, type LogLine, type Sidecar } from './helpers/sidecar.js';
 
 const QUIET_LISTENERS = ['--outbound', 'off', '--admin', 'off'];
@@ -145,6 +147,15 @@ describe('start-up without a valid certificate set', () => {
     assert.match(output, /expired/i, output);
   });
 
+  test('an encrypted key and no --key-passphrase-file -> exit 1 naming the key file, the problem and the flag, not OpenSSL\'s words', async () => {
+    const service = await makeService(root, 'encrypted-key');
+    await writeFile(join(service.certDir, 'tls.key'), await openssl(['pkey', '-aes256', '-passout', 'pass:s3cret'], { input: service.leaf.keyPem }));
+    const result = await run(service.certDir);
+    assert.equal(result.code, 1, result.stderr);
+    assert.match(result.stderr, /tls\.key: the key is encrypted and no passphrase was given.*pass --key-passphrase-file.*\[key_parse_error\]/);
+    assert.doesNotMatch(result.stderr, /interrupted or cancelled/);
+  });
+
   test('a missing file -> exit 1 naming the file and the problem', async () => {
     const service = await makeService(root, 'missing');
     await rm(join(service.certDir, 'ca.crt'));
@@ -169,14 +180,21 @@ describe('configuration errors', () => {
     await app?.close();
   });
 
+  /** Runs the CLI, expects exit 2 with nothing on stdout and exactly one stderr line; returns it. */
+  const usageErrorLine = async (argv: string[]): Promise<string> => {
+    const result = await runCli(argv);
+    assert.equal(result.code, 2, `exit code of ${argv.join(' ')}; stderr: ${result.stderr}\nstdout: ${result.stdout}`);
+    assert.equal(result.stdout, '', `nothing on stdout for ${argv.join(' ')}`);
+    const lines = result.stderr.trim().split('\n').filter((line) => line.trim() !== '');
+    assert.equal(lines.length, 1, `one stderr line expected for ${argv.join(' ')}, got:\n${result.stderr}`);
+    return lines[0]!;
+  };
+
   /** Exit 2 and exactly one stderr line naming the flag (and the value). */
   const assertUsageError = async (args: string[], flag: string, value: string): Promise<void> => {
-    const result = await runCli(['run', ...args]);
-    assert.equal(result.code, 2, `exit code; stderr: ${result.stderr}\nstdout: ${result.stdout}`);
-    const lines = result.stderr.trim().split('\n').filter((line) => line.trim() !== '');
-    assert.equal(lines.length, 1, `one stderr line expected, got:\n${result.stderr}`);
-    assert.ok(lines[0]?.includes(flag), `the line should name ${flag}: ${lines[0]}`);
-    assert.ok(lines[0]?.includes(value), `the line should name the value ${value}: ${lines[0]}`);
+    const line = await usageErrorLine(['run', ...args]);
+    assert.ok(line.includes(flag), `the line should name ${flag}: ${line}`);
+    assert.ok(line.includes(value), `the line should name the value ${value}: ${line}`);
   };
 
   test('bad port in --inbound -> exit 2 with one line naming the flag', async () => {
@@ -190,6 +208,77 @@ describe('configuration errors', () => {
   test('missing cert dir -> exit 2 with one line naming the flag', async () => {
     const missing = join(await freshDir('nowhere'), 'does-not-exist');
     await assertUsageError(['--cert-dir', missing, '--inbound', '127.0.0.1:0', '--outbound', 'off', '--admin', 'off'], '--cert-dir', missing);
+  });
+
+  test('every single-value flag of run given twice -> exit 2, one line naming it and both values', async () => {
+    const singleValue = Object.entries(runOptions).filter(([, spec]) => spec.type !== 'array');
+    assert.ok(singleValue.length > 20, 'the option table should list run flags');
+    for (const [flag, spec] of singleValue) {
+      const [first, second] = spec.type === 'boolean' ? [`--${flag}`, `--${flag}=false`] : [`--${flag}=one`, `--${flag}=two`];
+      const shown = spec.type === 'boolean' ? '(true, "false")' : '("one", "two")';
+      const line = await usageErrorLine(['run', first, second]);
+      assert.equal(line, `mtls-sidecar: --${flag} given twice ${shown}: give it once`);
+    }
+  });
+
+  test('the reported cases: --inbound and --mode given twice are named as such, not as invalid values', async () => {
+    assert.equal(
+      await usageErrorLine(['run', '--cert-dir', service.certDir, '--inbound', '127.0.0.1:0', '--inbound', 'x']),
+      'mtls-sidecar: --inbound given twice ("127.0.0.1:0", "x"): give it once',
+    );
+    // Also when yargs would otherwise report the second value as outside the choices.
+    assert.equal(await usageErrorLine(['--mode', 'strict', '--mode', 'bogus']), 'mtls-sidecar: --mode given twice ("strict", "bogus"): give it once');
+  });
+
+  test('check and probe flags given twice -> exit 2, one line naming the flag', async () => {
+    assert.equal(await usageErrorLine(['check', '--cert-dir', service.certDir, '--cert-dir', '/elsewhere']), `mtls-sidecar: --cert-dir given twice (${JSON.stringify(service.certDir)}, "/elsewhere"): give it once`);
+    // probe's --expect-spiffe is one ID (run's is a repeatable HOST=ID list).
+    const probeTwice = ['probe', 'https://127.0.0.1:1/', '--cert-dir', service.certDir, '--expect-spiffe', 'spiffe://a.test/x', '--expect-spiffe', 'spiffe://a.test/y'];
+    assert.equal(await usageErrorLine(probeTwice), 'mtls-sidecar: --expect-spiffe given twice ("spiffe://a.test/x", "spiffe://a.test/y"): give it once');
+    assert.match(await usageErrorLine(['probe', 'https://127.0.0.1:1/', '--timeout', '1s', '--timeout', '2s']), /^mtls-sidecar: --timeout given twice \("1s", "2s"\)/);
+  });
+
+  test('repeatable flags still take several values', async () => {
+    const [first, second] = await Promise.all([freePort(), freePort()]);
+    const sidecar = await startSidecar([
+      '--cert-dir', service.certDir, '--app', app.url, ...QUIET_LISTENERS,
+      '--upstream', `${first}=127.0.0.1:1`, '--upstream', `${second}=127.0.0.1:2`,
+      '--allow-cn', 'a', '--allow-cn', 'b', '--allow-ou', 'Acme, Inc', '--allow-ou', 'Other',
+    ]);
+    try {
+      assert.equal(sidecar.upstream(first).port, first);
+      assert.equal(sidecar.upstream(second).port, second);
+    } finally {
+      await sidecar.stop();
+    }
+  });
+
+  test('a flag given with no value -> exit 2 naming it, never the default (check --cert-dir does not check /etc/sidecar/certs)', async () => {
+    const cases: Array<[argv: string[], flag: string]> = [
+      [['check', '--cert-dir'], 'cert-dir'],
+      [['check', '--cert-dir='], 'cert-dir'],
+      [['check', '--cert-dir', '--json'], 'cert-dir'],
+      [['probe', 'https://127.0.0.1:1/', '--cert-dir', service.certDir, '--key-file'], 'key-file'],
+      [['probe', 'https://127.0.0.1:1/', '--cert-dir', service.certDir, '--timeout'], 'timeout'],
+      [['run', '--cert-dir', service.certDir, '--inbound', '--outbound', 'off'], 'inbound'],
+      [['run', '--cert-dir', service.certDir, '--workers'], 'workers'],
+      [['run', '--cert-dir', service.certDir, '--allow-cn'], 'allow-cn'],
+    ];
+    for (const [argv, flag] of cases) {
+      assert.equal(await usageErrorLine(argv), `mtls-sidecar: --${flag} given with no value: give it one, or leave it out`, argv.join(' '));
+    }
+  });
+
+  test('whole-number flags: a word and a too-small number get the same message', async () => {
+    const run = (...args: string[]) => usageErrorLine(['run', '--cert-dir', service.certDir, ...args]);
+    assert.equal(await run('--workers', 'two'), 'mtls-sidecar: --workers: "two" is not valid: a whole number, 1 or more');
+    assert.equal(await run('--workers', '0'), 'mtls-sidecar: --workers: "0" is not valid: a whole number, 1 or more');
+    assert.equal(await run('--max-header-size', 'big'), 'mtls-sidecar: --max-header-size: "big" is not valid: a whole number, 1 or more');
+    assert.equal(await run('--max-header-size', '0'), 'mtls-sidecar: --max-header-size: "0" is not valid: a whole number, 1 or more');
+    assert.equal(await run('--max-connections', '1.5'), 'mtls-sidecar: --max-connections: "1.5" is not valid: a whole number, 0 or more');
+    // Listeners take port 0 (any free port); the app's port may not be 0.
+    assert.match(await run('--inbound', '127.0.0.1:99999'), /a port must be a number from 0 to 65535$/);
+    assert.match(await run('--app', 'http://127.0.0.1:0'), /a port must be a number from 1 to 65535$/);
   });
 
   test('a stray word is called an unexpected argument, not a flag (exit 2, one line)', async () => {
