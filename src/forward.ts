@@ -61,6 +61,10 @@ interface RequestState {
   options: ForwardOptions;
   /** The pooled connection the request went out on. */
   connection: Client;
+  /** That connection was a kept-alive one from the pool (not opened for this request). */
+  reused: boolean;
+  /** The request was already sent again once on a new connection. */
+  retried: boolean;
   /** The client's socket (undici detaches `req.socket` when it destroys a request body). */
   clientSocket: Socket;
   error: AppErrorCode | undefined;
@@ -184,6 +188,12 @@ class ProxiedUpgrade implements Dispatcher.DispatchHandler {
 }
 
 
+/** RFC 9110 §9.2.2: a request with one of these methods may be sent again. */
+const idempotentMethods = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
+
+/** undici's and the socket's words for a connection that the other side closed or reset. */
+const staleConnectionErrors = new Set(['UND_ERR_SOCKET', 'ECONNRESET', 'EPIPE']);
+
 /** A request has a body if it declares a length above zero or is chunked (Node's server checked the framing). */
 function hasBody(headers: IncomingHttpHeaders): boolean {
   const length = headers['content-length'];
@@ -252,7 +262,33 @@ export class Forwarder {
   }
 
   #newState(req: IncomingMessage, options: ForwardOptions): RequestState {
-    return { start: process.hrtime.bigint(), startedAt: Date.now(), options, connection: options.pool.acquire(), clientSocket: req.socket, error: undefined, responded: false, clientGone: false };
+    const connection = options.pool.acquire();
+    return { start: process.hrtime.bigint(), startedAt: Date.now(), options, connection, reused: options.pool.wasConnected(connection), retried: false, clientSocket: req.socket, error: undefined, responded: false, clientGone: false };
+  }
+
+  /**
+   * A kept-alive connection can be closed by the other side (idle timeout, drain, restart) just as
+   * a request goes out on it: the request was never processed. Like Go's http.Transport, such a
+   * request is sent once more on a new connection when that is safe: nothing of the response has
+   * arrived, the method is idempotent and there is no body (a streamed body cannot be replayed).
+   */
+  #retryable(req: IncomingMessage, state: RequestState, cause: Error): boolean {
+    return (
+      state.reused &&
+      !state.retried &&
+      !state.responded &&
+      idempotentMethods.has(req.method ?? '') &&
+      !hasBody(req.headers) &&
+      staleConnectionErrors.has((cause as NodeJS.ErrnoException).code ?? '')
+    );
+  }
+
+  #retry(req: IncomingMessage, res: ServerResponse, state: RequestState, cause: Error): void {
+    this.#logger.debug({ direction: this.#direction, path: pathOf(req), reason: cause.message }, 'kept-alive connection closed before the request was answered: sending it again on a new connection');
+    state.retried = true;
+    state.reused = false;
+    state.connection = state.options.pool.acquire(true);
+    state.connection.dispatch({ ...this.#dispatchOptions(req), body: null }, new ProxiedResponse(this.#core, req, res, state));
   }
 
   #dispatchOptions(req: IncomingMessage): Dispatcher.DispatchOptions {
@@ -291,6 +327,10 @@ export class Forwarder {
   #fail(req: IncomingMessage, res: ServerResponse | Socket, state: RequestState, cause: Error): void {
     if (state.clientGone || state.clientSocket.destroyed) {
       this.#logger.debug({ direction: this.#direction, path: pathOf(req) }, 'client closed the connection before the response finished');
+      return;
+    }
+    if ('writeHead' in res && this.#retryable(req, state, cause)) {
+      this.#retry(req, res, state, cause);
       return;
     }
     const openedAt = connectionOpenedAt(cause);

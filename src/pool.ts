@@ -45,9 +45,9 @@ export class ConnectionPool {
     return this.#idle.length + this.#busy.size;
   }
 
-  /** A connection for one request: the most recently used idle one, or a new one. */
-  acquire(): Client {
-    let client = this.#idle.pop();
+  /** A connection for one request: the most recently used idle one, or a new one (always, with `fresh`). */
+  acquire(fresh = false): Client {
+    let client = fresh ? undefined : this.#idle.pop();
     while (client && this.#tooOld(client)) {
       client.close().catch(ignore);
       client = this.#idle.pop();
@@ -55,6 +55,11 @@ export class ConnectionPool {
     client ??= this.#create();
     this.#busy.add(client);
     return client;
+  }
+
+  /** Whether `client` had already carried a request when it was acquired (a pooled keep-alive connection). */
+  wasConnected(client: Client): boolean {
+    return this.#connectedAt.has(client);
   }
 
   /** The request on `client` completed: it goes back to the pool unless closing or too old. */

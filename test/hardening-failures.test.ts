@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, writeFile } from 'node:fs/promises';
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { assertSidecarError } from './helpers/assertions.js';
@@ -159,6 +159,51 @@ describe('hardening: failures never kill the sidecar', () => {
         await sidecar.stop();
         await app.close();
       }
+    });
+  });
+
+  describe('a kept-alive app connection closed just as a request goes out on it', () => {
+    // The app answers the first request on each connection and closes the connection, without an
+    // answer, when a second one arrives on it: what an app's idle timeout, drain or restart looks
+    // like to the sidecar's pooled connection.
+    let app: RawApp;
+    let sidecar: Sidecar;
+
+    before(async () => {
+      const answered = new WeakSet<Socket>();
+      app = await startRawApp((socket, received) => {
+        const requests = received.split('\r\n\r\n').length - 1;
+        if (requests === 1 && !answered.has(socket)) {
+          answered.add(socket);
+          socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok');
+        } else if (requests >= 2) {
+          socket.destroy();
+        }
+      });
+      sidecar = await startSidecar(['--cert-dir', serviceB.certDir, '--app', app.url, '--outbound', 'off', '--admin', 'off']);
+    });
+    after(async () => {
+      await sidecar?.stop();
+      await app?.close();
+    });
+
+    test('a GET is sent again on a new connection: the client gets 200, nothing is logged as failed', async () => {
+      assert.equal((await call(sidecar, '/kept-alive-1')).status, 200);
+      const accepted = app.accepted;
+      const again = await call(sidecar, '/kept-alive-2');
+      assert.equal(again.status, 200, again.text);
+      assert.equal(app.accepted, accepted + 1, 'one new connection for the second attempt');
+      assert.match(app.received[accepted - 1]!, /GET \/kept-alive-2 /, 'the first attempt went out on the kept-alive connection');
+      assert.match(app.received[accepted]!, /^GET \/kept-alive-2 /, 'the second attempt on the new one');
+      assert.equal(sidecar.logs().some((line) => line.msg === 'forwarding failed'), false);
+    });
+
+    test('a POST with a body is not sent twice: 502 app_reset', async () => {
+      assert.equal((await call(sidecar, '/kept-alive-3')).status, 200);
+      const accepted = app.accepted;
+      const posted = await call(sidecar, '/kept-alive-post', { method: 'POST', body: Buffer.from('once only') });
+      assertSidecarError(posted, 502, 'app_reset');
+      assert.equal(app.accepted, accepted, 'no second connection: a body is never replayed');
     });
   });
 
