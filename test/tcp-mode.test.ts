@@ -395,6 +395,33 @@ describe('--protocol tcp', () => {
     });
   });
 
+  describe('clients that never finish the TLS handshake', () => {
+    for (const mode of ['strict', 'permissive']) {
+      test(`${mode}: silent and half-ClientHello connections are closed after --handshake-timeout, freeing --max-connections slots; SIGTERM then exits 0`, async () => {
+        const guarded = await startSidecar([
+          '--cert-dir', serverB.certDir, '--protocol', 'tcp', '--app', app.url, '--outbound', 'off', '--mode', mode,
+          '--handshake-timeout', '1s', '--max-connections', '3', '--drain-timeout', '5s',
+        ]);
+        const stalled = await Promise.all([connectPlain(guarded.inbound), connectPlain(guarded.inbound), connectPlain(guarded.inbound)]);
+        // One says nothing, two send the first bytes of a ClientHello (record header) and stop.
+        stalled[1]!.write(Buffer.from([0x16, 0x03, 0x01]));
+        stalled[2]!.write(Buffer.from([0x16, 0x03, 0x01, 0x00]));
+        const closed = await Promise.all(stalled.map((socket) => collect(socket, 4000)));
+        assert.deepEqual(closed.map((result) => result.closed), [true, true, true], 'every stalled connection is closed by the sidecar');
+        for (const result of closed) assert.ok(result.elapsedMs < 3500, `closed after ${result.elapsedMs} ms (--handshake-timeout 1s)`);
+        const line = await guarded.waitForLog((entry) => entry.msg === 'TLS handshake failed' && entry.reason === 'handshake_timeout', 3000);
+        assert.equal(line.direction, 'inbound');
+        // The slots are free again: a real peer gets through.
+        const { summary } = await summaryRoundTrip(await connectMtls(guarded.inbound, client.leaf, ca), randomBytes(10));
+        assert.equal(summary.bytes, 10);
+        const started = Date.now();
+        guarded.signal('SIGTERM');
+        assert.equal(await exitWithin(guarded, 4000), 0, guarded.output().slice(-2000));
+        assert.ok(Date.now() - started < 2000, 'nothing left to drain');
+      });
+    }
+  });
+
   describe('drain', () => {
     test('SIGTERM with an open piped connection exits within --drain-timeout, cutting it (exit 1)', async () => {
       const draining = await startSidecar(['--cert-dir', serverB.certDir, '--protocol', 'tcp', '--app', app.url, '--outbound', 'off', '--drain-timeout', '1s']);

@@ -203,5 +203,9 @@ export class PeerTls {
     const reason = verifyResult ? classifyPeerVerifyError(verifyResult) : (classifyTlsError(error) ?? 'tls_error');
     const detail = verifyResult ?? error.message.replace(/^[0-9A-F]+:error:[0-9A-F]+:SSL routines:[^:]*:/, '').replace(/:\.\.\/deps.*$/s, '');
     this.recordFailure(reason, socket, detail);
+    // Node leaves a socket whose handshake failed (or timed out) open when 'tlsClientError' has a
+    // listener: an HTTPS server's own timers close it eventually, a plain TLS server's (TCP mode)
+    // never would, and silent clients would hold --max-connections slots for good.
+    socket.destroy();
   }
 }
