@@ -13,6 +13,8 @@ interface Tracked {
   born: number;
   /** Requests in flight; Infinity once upgraded. */
   busy: number;
+  /** Their responses, so the ones not yet started can say `Connection: close` when the age passes. */
+  responses: Set<ServerResponse>;
   /** The age passed while a request was in flight: close when the last one ends. */
   closeWhenIdle: boolean;
   /** The socket HTTP runs on (the TLS socket over `raw`), for a graceful end. */
@@ -34,11 +36,13 @@ export class ConnectionAge {
   /** A new connection (`raw`: the accepted TCP socket): its clock starts now. */
   born(raw: Socket, now = Date.now()): void {
     if (!this.enabled || this.#tracked.has(raw)) return;
-    const tracked: Tracked = { born: now, busy: 0, closeWhenIdle: false, httpSocket: undefined };
+    const tracked: Tracked = { born: now, busy: 0, responses: new Set(), closeWhenIdle: false, httpSocket: undefined };
     this.#tracked.set(raw, tracked);
     const timer = setTimeout(() => {
-      if (tracked.busy === 0) this.#close(raw, tracked);
-      else tracked.closeWhenIdle = true;
+      if (tracked.busy === 0) return this.#close(raw, tracked);
+      tracked.closeWhenIdle = true;
+      // The client must not reuse a connection about to close: say so where headers are still to come.
+      for (const res of tracked.responses) if (!res.headersSent) res.shouldKeepAlive = false;
     }, this.#maxAgeMs);
     timer.unref();
     raw.once('close', () => clearTimeout(timer));
@@ -51,8 +55,10 @@ export class ConnectionAge {
     tracked.httpSocket = httpSocket;
     if (now - tracked.born >= this.#maxAgeMs) res.shouldKeepAlive = false;
     tracked.busy += 1;
+    tracked.responses.add(res);
     res.once('close', () => {
       tracked.busy -= 1;
+      tracked.responses.delete(res);
       if (tracked.busy === 0 && tracked.closeWhenIdle) this.#close(raw, tracked);
     });
   }

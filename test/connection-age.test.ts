@@ -94,11 +94,12 @@ describe('--max-connection-age', () => {
     await sidecar.stop();
   });
 
-  test('inbound: a request in flight when the age passes completes (200, whole body), then the connection closes', async () => {
+  test('inbound: a request in flight when the age passes completes (200, Connection: close), then the connection closes', async () => {
     const sidecar = await startSidecar(['--cert-dir', serviceB.certDir, '--app', app.url, '--outbound', 'off', '--admin', 'off', '--max-connection-age', '1s']);
     const client = await connect(sidecar.inbound);
     const slow = await client.get('/slow?ms=1800');
     assert.equal(slow.status, 200, 'the request that outlived the age is answered');
+    assert.equal(slow.connection, 'close', 'and tells the client not to reuse the connection');
     const closedAt = await client.waitForClose(3000);
     assert.ok(closedAt !== undefined, 'the connection closes once its request is done');
     await sidecar.stop();
