@@ -265,6 +265,15 @@ describe('--mode permissive: mTLS, TLS without a client cert and plaintext on on
     assert.deepEqual(fromSource(await fetchPeers(sidecar, '1s')), [2]);
   });
 
+  test('/peers with no caller in the window is not strictSafe: nothing was seen, so nothing is vouched for', async () => {
+    const fresh = await startSidecar(['--cert-dir', server.certDir, '--app', app.url, '--outbound', 'off', '--mode', 'permissive']);
+    const report = await fetchPeers(fresh);
+    assert.deepEqual(report.peers, []);
+    assert.equal(report.strictSafe, false, report.verdict);
+    assert.match(report.verdict, /no caller in the window/);
+    await fresh.stop();
+  });
+
   test('an invalid /peers?window= is 400 with a JSON body naming the parameter', async () => {
     const ask = (query: string) => plainRequest({ host: sidecar.admin.host, port: sidecar.admin.port, path: `/peers?${query}` });
     for (const value of ['abc', '0', '0s', '-5s', '25h', '', '1d', '15 m', '10 s']) {

@@ -127,13 +127,16 @@ export class PeerTracker {
       summary: { mtls: count('mtls'), tls: count('tls'), plaintext: count('plaintext') },
       // A report missing callers of its window cannot vouch for them.
       complete: snapshot.incomplete === undefined,
-      strictSafe: notMtls === 0 && snapshot.incomplete === undefined,
+      // No caller at all is no evidence (callers are remembered in memory, from this start only).
+      strictSafe: notMtls === 0 && peers.length > 0 && snapshot.incomplete === undefined,
       verdict:
         notMtls > 0
           ? `${notMtls} caller(s) in the window did not use mTLS: move them to mTLS before switching to --mode strict`
           : snapshot.incomplete !== undefined
             ? `this report cannot show that every caller used mTLS: ${snapshot.incomplete}`
-            : 'every caller seen in the window used mTLS: --mode strict is safe',
+            : peers.length === 0
+              ? 'no caller in the window, so nothing shows that --mode strict is safe: callers are remembered since this sidecar started; ask again after traffic, or with a longer ?window='
+              : 'every caller seen in the window used mTLS: --mode strict is safe',
       peers,
     };
   }
