@@ -359,6 +359,8 @@ export class Forwarder {
       case 'UND_ERR_SOCKET':
         return Object.assign(new Error(`the connection closed before the response was complete (${error.message})`), { code: 'ECONNRESET' });
       default:
+        // undici's parser errors carry no code for some malformations (a status line that is not HTTP).
+        if (error.name === 'HTTPParserError') return Object.assign(new Error(`the response is not valid HTTP/1.1: ${error.message}`), { code: (error as NodeJS.ErrnoException).code ?? 'HPE_INVALID_RESPONSE' });
         return error;
     }
   }

@@ -9,6 +9,7 @@ import { createServer as createHttpsServer, type Server as HttpsServer } from 'n
 import type { AddressInfo, Socket } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { createServer as createTlsServer } from 'node:tls';
 import { assertSidecarError } from './helpers/assertions.js';
 import { sha256Hex, startEchoApp, type EchoApp, type EchoReply } from './helpers/apps.js';
 import { curl, mtlsRequest, plainRequest, proxyRequest, type HttpResult } from './helpers/clients.js';
@@ -158,6 +159,42 @@ describe('hardening: failures never kill the sidecar', () => {
       } finally {
         await sidecar.stop();
         await app.close();
+      }
+    });
+  });
+
+  describe('an answer that is not HTTP', () => {
+    const garbage = (socket: Socket, received: string) => {
+      if (received.includes('\r\n\r\n')) socket.end('garbage\r\n\r\n');
+    };
+
+    test('from the app: 502 app_response_invalid, logged with that code', async () => {
+      const app = await startRawApp(garbage);
+      const sidecar = await startSidecar(['--cert-dir', serviceB.certDir, '--app', app.url, '--outbound', 'off']);
+      try {
+        assertSidecarError(await call(sidecar, '/not-http'), 502, 'app_response_invalid');
+        const line = await sidecar.waitForLog((entry) => entry.msg === 'forwarding failed' && entry.path === '/not-http', 5000);
+        assert.equal(line.error, 'app_response_invalid', JSON.stringify(line));
+      } finally {
+        await sidecar.stop();
+        await app.close();
+      }
+    });
+
+    test('from an upstream over mTLS: 502 upstream_response_invalid', async () => {
+      const upstream = createTlsServer({ cert: serviceB.leaf.chainPem, key: serviceB.leaf.keyPem }, (socket) => {
+        let received = '';
+        socket.on('error', () => undefined);
+        socket.on('data', (chunk: Buffer) => garbage(socket, (received += chunk.toString('latin1'))));
+      });
+      await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
+      const localPort = await freePort();
+      const sidecar = await startSidecar(['--cert-dir', peerA.certDir, '--app', 'http://127.0.0.1:9', '--inbound', 'off', '--upstream', `${localPort}=localhost:${(upstream.address() as AddressInfo).port}`]);
+      try {
+        assertSidecarError(await plainRequest({ ...sidecar.upstream(localPort), path: '/not-http' }), 502, 'upstream_response_invalid');
+      } finally {
+        await sidecar.stop();
+        await new Promise((resolve) => upstream.close(resolve));
       }
     });
   });
