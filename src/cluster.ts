@@ -131,7 +131,9 @@ export async function runPrimary(config: Config, logger: Logger): Promise<number
   cluster.on('exit', (worker, code, signal) => {
     ready.delete(worker.id);
     if (draining) {
-      exitCodes.push(code ?? 1);
+      // Our SIGTERM reached a worker still loading, before it could take the signal: it held
+      // nothing in flight, so that is a clean stop, not a failure.
+      exitCodes.push(code ?? (signal === 'SIGTERM' ? 0 : 1));
       if (Object.keys(cluster.workers ?? {}).length === 0) resolveStopped(Math.max(0, ...exitCodes));
       return;
     }

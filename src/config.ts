@@ -28,7 +28,7 @@ export const runOptions = {
   upstream: { type: 'array', describe: 'LOCAL_PORT=HOST:PORT[@SPIFFE_ID]: a local plaintext listener that always goes to that TLS upstream (repeatable)' },
   'expect-spiffe': { type: 'array', describe: 'HOST=SPIFFE_ID: forward-proxy calls to HOST must present that URI SAN (repeatable)' },
   admin: { type: 'string', default: '127.0.0.1:15000', describe: 'admin listener: health, readiness, metrics, cert status (HOST:PORT, or off)' },
-  mode: { type: 'string', default: 'strict', choices: ['strict', 'permissive'], describe: 'inbound: strict (mTLS only) or permissive (mTLS and plaintext on one port)' },
+  mode: { type: 'string', default: 'strict', choices: ['strict', 'permissive'], describe: 'inbound: strict (mTLS only) or permissive (mTLS, TLS without a client certificate and plaintext on one port, for migration)' },
   'allow-spiffe': { type: 'array', describe: 'allow peers with this SPIFFE ID (* = one segment, ** = the rest) (repeatable)' },
   'allow-dns': { type: 'array', describe: 'allow peers with this DNS SAN (*.example.com for one label) (repeatable)' },
   'allow-cn': { type: 'array', describe: 'allow peers with this subject CN (repeatable)' },

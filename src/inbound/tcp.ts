@@ -12,6 +12,7 @@ import { listenOn, trackConnections, type BoundAddress } from '../listen.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { pipeBothWays } from '../pipe.js';
+import { appErrors } from '../errors.js';
 import type { PeerTls } from './peer-tls.js';
 import { encodeProxyHeader, proxyHeaderFor } from './proxy-protocol.js';
 
@@ -109,7 +110,7 @@ export class TcpInboundListener {
       clearTimeout(timer);
       const code = error.code === 'SIDECAR_TIMEOUT' ? 'app_timeout' : 'app_refused';
       this.#metrics.upstreamErrors.inc({ direction: 'inbound', error: code });
-      this.#logger.warn({ direction: 'inbound', protocol: 'tcp', error: code, reason: error.message, peer: label }, 'forwarding failed');
+      this.#logger.warn({ direction: 'inbound', protocol: 'tcp', error: code, reason: error.message, peer: label, hint: appErrors[code].hint }, 'forwarding failed');
     });
     pipeBothWays(client, upstream, (stats) => {
       this.#metrics.tcpConnections.inc({ direction: 'inbound', result: stats.error ? 'error' : 'ok' });
