@@ -13,13 +13,12 @@ import { connect as netConnect, createServer, type Server, type Socket } from 'n
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
-import { listenLoopback } from './helpers/apps.js';
 import { sleep } from './helpers/hardening.js';
 import { opensslSans } from './helpers/identity.js';
 import { forwardingFailedLine } from './helpers/operability.js';
 import { freshDir, makeService, sharedRootCA, type ServiceIdentity } from './helpers/pki.js';
 import { freePort, runCli, startSidecar, stopAllSidecars, type Address, type Sidecar } from './helpers/sidecar.js';
-import { collect, connectMtls, connectPlain } from './helpers/tcp.js';
+import { collect, connectMtls, connectPlain, listenTcpApp } from './helpers/tcp.js';
 
 // ---- PROXY protocol v2, read straight from the spec (not from src/) ----
 
@@ -177,17 +176,7 @@ async function startProxyAwareApp(): Promise<ProxyAwareApp> {
       if (record.raw.length > header.length) deliver(record.raw.subarray(header.length));
     });
   });
-  const port = await listenLoopback(server);
-  return {
-    port,
-    url: `tcp://127.0.0.1:${port}`,
-    connections,
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const socket of sockets) socket.destroy();
-        server.close(() => resolve());
-      }),
-  };
+  return listenTcpApp(server, sockets, connections);
 }
 
 /** Sends `payload`, half-closes, and returns what came back before the connection closed. */

@@ -3,7 +3,7 @@
 // with half-close, reading everything until the far side's FIN (or a reset).
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { connect as netConnect, createServer, type Socket } from 'node:net';
+import { connect as netConnect, createServer, type Server, type Socket } from 'node:net';
 import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 import { listenLoopback } from './apps.js';
 import type { Leaf } from './pki.js';
@@ -103,6 +103,11 @@ export async function startTcpApp(): Promise<TcpApp> {
       if (rest.length > 0) receive(rest);
     });
   });
+  return listenTcpApp(server, sockets, connections);
+}
+
+/** Listens on loopback and hands back a TCP test app: its `tcp://` URL, its connection records, and a close that cuts `sockets`. */
+export async function listenTcpApp<Record>(server: Server, sockets: Set<Socket>, connections: Record[]): Promise<{ port: number; url: string; connections: Record[]; close(): Promise<void> }> {
   const port = await listenLoopback(server);
   return {
     port,
