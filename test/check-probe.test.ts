@@ -5,7 +5,7 @@
 // reported at the step it belongs to, with a fix naming probe's own flags), a refused port and a
 // URL it cannot parse or dial. Every code either command prints is in the README.
 import assert from 'node:assert/strict';
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createServer as createNetServer, type Socket } from 'node:net';
 import { after, before, describe, test } from 'node:test';
@@ -166,6 +166,14 @@ describe('check', () => {
     const index = lines.findIndex((line) => line.includes('[file_missing]'));
     assert.equal(lines[index], `  [file_missing] ${join(dir, 'tls.key')}: the file is missing`);
     assert.equal(lines[index + 1], '    fix: write it, or point the matching --*-file flag at it');
+  });
+
+  test('key path that is a directory -> file_unreadable saying so in words, not a bare errno', async () => {
+    const dir = await dirWith('key-is-dir', healthy.leaf.chainPem, healthy.leaf.keyPem, root.certPem);
+    await rm(join(dir, 'tls.key'));
+    await mkdir(join(dir, 'tls.key'));
+    const out = await assertCheckProblem(dir, 'file_unreadable', /permissions/);
+    assert.ok(out.includes(`[file_unreadable] ${join(dir, 'tls.key')}: it is a directory, not a file (EISDIR)`), out);
   });
 
   describe('a private key that does not load -> key_parse_error in plain words, with the fix for its case', () => {

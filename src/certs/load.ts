@@ -6,7 +6,7 @@
 import { createHash, createPrivateKey, X509Certificate, type KeyObject } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
 import { isAbsolute, join } from 'node:path';
-import { CertError, keyParseError, type CertProblemCode } from '../errors.js';
+import { CertError, keyParseError } from '../errors.js';
 import type { CertDirConfig } from '../config.js';
 import { certIdentity, rfc2253, type CertIdentity } from './identity.js';
 
@@ -112,8 +112,21 @@ export async function readCertFile(path: string): Promise<Buffer> {
   } catch (error) {
     if (error instanceof CertError) throw error;
     const code = (error as NodeJS.ErrnoException).code;
-    const problem: CertProblemCode = code === 'ENOENT' ? 'file_missing' : 'file_unreadable';
-    throw new CertError(problem, path, code === 'ENOENT' ? undefined : code);
+    if (code === 'ENOENT') throw new CertError('file_missing', path);
+    throw new CertError('file_unreadable', path, unreadableDetail(code, (error as Error).message));
+  }
+}
+
+/** Why a file cannot be read, in words (an errno alone tells an operator little). */
+function unreadableDetail(code: string | undefined, message: string): string {
+  switch (code) {
+    case 'EACCES':
+    case 'EPERM':
+      return `permission denied for uid ${process.getuid?.() ?? '?'} (${code}): the secret volume needs a mode or fsGroup that lets the sidecar's user read it`;
+    case 'EISDIR':
+      return 'it is a directory, not a file (EISDIR)';
+    default:
+      return code ? `${code}: ${message}` : message;
   }
 }
 
