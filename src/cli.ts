@@ -4,7 +4,7 @@
  * Exit codes: 0 ok, 1 runtime/certificate problem, 2 usage or configuration error.
  */
 import { stat } from 'node:fs/promises';
-import yargs, { type Argv, type Options } from 'yargs';
+import yargs, { type Argv, type InferredOptionTypes, type Options } from 'yargs';
 import { hideBin, Parser } from 'yargs/helpers';
 import { certsInit, certsIssue } from './commands/certs.js';
 import { waitReady } from './commands/wait.js';
@@ -71,7 +71,7 @@ function rejectRepeatedOrEmptyFlags(argv: string[], options: Record<string, Opti
 }
 
 /** Declares a command's options; the check above runs before yargs validates the values. */
-function declareOptions(command: Argv, options: Record<string, Options>, argv: string[]): Argv {
+function declareOptions<T, O extends Record<string, Options>>(command: Argv<T>, options: O, argv: string[]): Argv<Omit<T, keyof O> & InferredOptionTypes<O>> {
   return command.options(options).middleware(() => rejectRepeatedOrEmptyFlags(argv, options), true);
 }
 
@@ -178,25 +178,35 @@ export async function main(argv: string[]): Promise<void> {
           'init',
           'create a development CA in --out (ca.crt, ca.key)',
           (command) =>
-            command
-              .option('out', { type: 'string', demandOption: true, describe: 'directory to write the CA into' })
-              .option('days', { type: 'number', describe: 'validity in days (default 365)' })
-              .option('name', { type: 'string', describe: 'CA common name' })
-              .option('if-missing', { type: 'boolean', default: false, describe: 'keep an existing CA and exit 0 instead of refusing' }),
+            declareOptions(
+              command,
+              {
+                out: { type: 'string', demandOption: true, describe: 'directory to write the CA into' },
+                days: { type: 'number', describe: 'validity in days (default 365)' },
+                name: { type: 'string', describe: 'CA common name' },
+                'if-missing': { type: 'boolean', default: false, describe: 'keep an existing CA and exit 0 instead of refusing' },
+              } as const,
+              argv,
+            ),
           async (args) => process.exit(await certsInit({ out: args.out, days: args.days, name: args.name, ifMissing: args['if-missing'] })),
         )
         .command(
           'issue',
           'issue a service certificate into --out (tls.crt, tls.key, ca.crt)',
           (command) =>
-            command
-              .option('ca', { type: 'string', demandOption: true, describe: 'directory made by `certs init`' })
-              .option('name', { type: 'string', demandOption: true, describe: 'service name (subject CN)' })
-              .option('dns', { type: 'array', string: true, describe: 'DNS SANs (repeatable or comma-separated)' })
-              .option('spiffe', { type: 'array', string: true, describe: 'SPIFFE ID URI SANs' })
-              .option('ip', { type: 'array', string: true, describe: 'IP SANs' })
-              .option('days', { type: 'number', describe: 'validity in days (default 30)' })
-              .option('out', { type: 'string', demandOption: true, describe: 'directory to write the certificate into' }),
+            declareOptions(
+              command,
+              {
+                ca: { type: 'string', demandOption: true, describe: 'directory made by `certs init`' },
+                name: { type: 'string', demandOption: true, describe: 'service name (subject CN)' },
+                dns: { type: 'array', string: true, describe: 'DNS SANs (repeatable or comma-separated)' },
+                spiffe: { type: 'array', string: true, describe: 'SPIFFE ID URI SANs' },
+                ip: { type: 'array', string: true, describe: 'IP SANs' },
+                days: { type: 'number', describe: 'validity in days (default 30)' },
+                out: { type: 'string', demandOption: true, describe: 'directory to write the certificate into' },
+              } as const,
+              argv,
+            ),
           async (args) => {
             const list = (value: unknown) => (Array.isArray(value) ? value.flatMap((item) => String(item).split(',')).filter(Boolean) : undefined);
             process.exit(await certsIssue({ ca: args.ca, name: args.name, dns: list(args.dns), spiffe: list(args.spiffe), ip: list(args.ip), days: args.days, out: args.out }));
@@ -208,9 +218,14 @@ export async function main(argv: string[]): Promise<void> {
       'wait',
       'exit 0 once the sidecar is ready (its /readyz answers 200)',
       (command) =>
-        command
-          .option('admin', { type: 'string', default: process.env.SIDECAR_ADMIN ?? runOptions.admin.default, describe: 'admin address HOST:PORT or URL' })
-          .option('timeout', { type: 'string', default: '60s', describe: 'give up after this long (exit 1)' }),
+        declareOptions(
+          command,
+          {
+            admin: { type: 'string', default: process.env.SIDECAR_ADMIN ?? runOptions.admin.default, describe: 'admin address HOST:PORT or URL' },
+            timeout: { type: 'string', default: '60s', describe: 'give up after this long (exit 1)' },
+          } as const,
+          argv,
+        ),
       async (args) => {
         let timeoutMs: number;
         try {

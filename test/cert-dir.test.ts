@@ -238,6 +238,14 @@ describe('configuration errors', () => {
     assert.match(await usageErrorLine(['probe', 'https://127.0.0.1:1/', '--timeout', '1s', '--timeout', '2s']), /^mtls-sidecar: --timeout given twice \("1s", "2s"\)/);
   });
 
+  test('wait and certs flags given twice or with no value -> exit 2, one line naming the flag', async () => {
+    assert.equal(await usageErrorLine(['wait', '--timeout', '1s', '--timeout', '2s']), 'mtls-sidecar: --timeout given twice ("1s", "2s"): give it once');
+    assert.equal(await usageErrorLine(['wait', '--admin']), 'mtls-sidecar: --admin given with no value: give it one, or leave it out');
+    const out = join(await freshDir('certs-twice'), 'ca');
+    assert.equal(await usageErrorLine(['certs', 'init', '--out', out, '--days', '10', '--days', '20']), 'mtls-sidecar: --days given twice ("10", "20"): give it once');
+    assert.equal(await usageErrorLine(['certs', 'issue', '--ca', out, '--name', 'a', '--name', 'b', '--out', out]), 'mtls-sidecar: --name given twice ("a", "b"): give it once');
+  });
+
   test('repeatable flags still take several values', async () => {
     const [first, second] = await Promise.all([freePort(), freePort()]);
     const sidecar = await startSidecar([
