@@ -15,7 +15,7 @@ import { upstreamConnector, type AfterHandshakeCheck, type Connector } from '../
 import { clientOptions } from '../forward.js';
 import type { Logger } from '../log.js';
 import { ConnectionPool } from '../pool.js';
-import { tlsOptionsFor } from '../tls.js';
+import { clientSecureContext } from '../tls.js';
 
 export class IdentityMismatchError extends Error {
   readonly code = 'SIDECAR_IDENTITY_MISMATCH';
@@ -119,7 +119,7 @@ export class UpstreamAgents {
       const { connectMs, handshakeMs } = this.#config.timeouts;
       connector = upstreamConnector(
         {
-          ...tlsOptionsFor(this.#set, this.#config.minTls),
+          secureContext: clientSecureContext(this.#set, this.#config.minTls),
           rejectUnauthorized: !insecure,
           checkServerIdentity: upstreamIdentityCheck(expectedSpiffe, this.#config.trustDomain, !insecure),
         },

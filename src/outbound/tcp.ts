@@ -15,7 +15,8 @@ import { listenOn, trackConnections, type BoundAddress } from '../listen.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { pipeBothWays } from '../pipe.js';
-import { tlsOptionsFor } from '../tls.js';
+import { clientSecureContext } from '../tls.js';
+import type { AfterHandshakeCheck } from '../connector.js';
 import { alpnProtocols } from '../inbound/tcp.js';
 import { insecureIdentityCheck, upstreamIdentityCheck } from './agents.js';
 import { classifyUpstreamError, outboundLogger } from './proxy.js';
@@ -27,6 +28,8 @@ export class TcpUpstreamListeners {
   readonly #metrics: Metrics;
   readonly #servers: Server[] = [];
   readonly #sockets = new Set<Socket>();
+  /** The upstream identity checks of each route (by local port): fixed by the flags, built once. */
+  readonly #identityChecks = new Map<number, { duringHandshake: ReturnType<typeof upstreamIdentityCheck>; afterHandshake: AfterHandshakeCheck | undefined }>();
   /** Resumable TLS session per route, of the current certificate generation. */
   #sessions = new Map<number, Buffer>();
 
@@ -37,6 +40,13 @@ export class TcpUpstreamListeners {
     this.#metrics = options.metrics;
     // A session from the old generation would resume with the old client certificate.
     options.store.on('update', () => (this.#sessions = new Map()));
+    const { insecureSkipVerify: insecure, trustDomain } = options.config;
+    for (const route of options.config.upstreams) {
+      this.#identityChecks.set(route.localPort, {
+        duringHandshake: upstreamIdentityCheck(route.spiffeId, trustDomain, !insecure),
+        afterHandshake: insecureIdentityCheck(insecure, route.spiffeId, trustDomain),
+      });
+    }
   }
 
   async listen(): Promise<Record<string, BoundAddress>> {
@@ -65,8 +75,9 @@ export class TcpUpstreamListeners {
   #onConnection(route: UpstreamRoute, client: Socket): void {
     const insecure = this.#config.insecureSkipVerify;
     const { connectMs, handshakeMs, idleMs } = this.#config.timeouts;
+    const checks = this.#identityChecks.get(route.localPort)!;
     const options: ConnectionOptions & { allowHalfOpen: boolean } = {
-      ...tlsOptionsFor(this.#store.current!, this.#config.minTls),
+      secureContext: clientSecureContext(this.#store.current!, this.#config.minTls),
       host: route.host,
       port: route.port,
       servername: isIP(route.host) ? undefined : route.host,
@@ -74,7 +85,7 @@ export class TcpUpstreamListeners {
       allowHalfOpen: true,
       session: this.#sessions.get(route.localPort),
       rejectUnauthorized: !insecure,
-      checkServerIdentity: upstreamIdentityCheck(route.spiffeId, this.#config.trustDomain, !insecure),
+      checkServerIdentity: checks.duringHandshake,
     };
     // allowHalfOpen is honoured by tls.connect (it builds the TLSSocket with it) but not in its types.
     const upstream: TLSSocket = tlsConnect(options);
@@ -102,7 +113,7 @@ export class TcpUpstreamListeners {
     });
     upstream.once('secureConnect', () => {
       clearTimeout(timer);
-      const refused = insecureIdentityCheck(insecure, route.spiffeId, this.#config.trustDomain)?.(route.host, upstream);
+      const refused = checks.afterHandshake?.(route.host, upstream);
       if (refused) {
         upstream.destroy(refused);
         return;
