@@ -105,7 +105,9 @@ class ProxiedResponse implements Dispatcher.DispatchHandler {
     try {
       // The client hop's Connection is ours: keep-alive unless draining, --max-connection-age or the client said otherwise.
       const res = this.#res;
-      res.writeHead(statusCode, statusMessage ?? '', [...responseHeaders(headers), 'connection', res.shouldKeepAlive ? 'keep-alive' : 'close']);
+      const flat = responseHeaders(headers);
+      flat.push('connection', res.shouldKeepAlive ? 'keep-alive' : 'close');
+      res.writeHead(statusCode, statusMessage ?? '', flat);
     } catch (error) {
       controller.abort(Object.assign(new Error(`the response's headers cannot be forwarded: ${(error as Error).message}`), { code: 'HPE_INVALID_HEADER_TOKEN' }));
     }
@@ -168,7 +170,9 @@ class ProxiedUpgrade implements Dispatcher.DispatchHandler {
     if (statusCode < 200) return;
     this.#state.responded = true;
     // Not upgraded: the answer is relayed as is and the connection closes after it.
-    this.#socket.write(rawResponseHead(statusCode, [...responseHeaders(headers), 'connection', 'close'], statusMessage));
+    const flat = responseHeaders(headers);
+    flat.push('connection', 'close');
+    this.#socket.write(rawResponseHead(statusCode, flat, statusMessage));
     this.#onJoined(statusCode);
   }
 
@@ -241,7 +245,7 @@ export class Forwarder {
     if (req.httpVersionMajor === 1 && req.httpVersionMinor === 0) res.useChunkedEncodingByDefault = false;
     const withBody = hasBody(req.headers);
     prepareRequestHeaders(req.headers, options.host);
-    state.connection.dispatch({ ...this.#dispatchOptions(req), body: withBody ? req : null }, new ProxiedResponse(this.#core, req, res, state));
+    state.connection.dispatch(this.#dispatchOptions(req, withBody ? req : null), new ProxiedResponse(this.#core, req, res, state));
   }
 
   /** Forwards a WebSocket (or other) upgrade. */
@@ -258,7 +262,7 @@ export class Forwarder {
       this.#metrics.requests.inc({ direction: this.#direction, code: String(status) });
       this.#logger.info({ direction: this.#direction, method: req.method, path: pathOf(req), status, upgrade: protocol, peer: options.peer, ...options.logFields }, 'request');
     };
-    state.connection.dispatch({ ...this.#dispatchOptions(req), upgrade: protocol, body: null }, new ProxiedUpgrade(this.#core, req, socket, head, state, onAnswered));
+    state.connection.dispatch({ ...this.#dispatchOptions(req, null), upgrade: protocol }, new ProxiedUpgrade(this.#core, req, socket, head, state, onAnswered));
   }
 
   #newState(req: IncomingMessage, options: ForwardOptions): RequestState {
@@ -288,11 +292,12 @@ export class Forwarder {
     state.retried = true;
     state.reused = false;
     state.connection = state.options.pool.acquire(true);
-    state.connection.dispatch({ ...this.#dispatchOptions(req), body: null }, new ProxiedResponse(this.#core, req, res, state));
+    state.connection.dispatch(this.#dispatchOptions(req, null), new ProxiedResponse(this.#core, req, res, state));
   }
 
-  #dispatchOptions(req: IncomingMessage): Dispatcher.DispatchOptions {
+  #dispatchOptions(req: IncomingMessage, body: IncomingMessage | null): Dispatcher.DispatchOptions {
     return {
+      body,
       path: req.url ?? '/',
       method: (req.method ?? 'GET') as Dispatcher.HttpMethod,
       headers: req.headers as Record<string, string | string[]>,
