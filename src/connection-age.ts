@@ -11,10 +11,9 @@ import type { Socket } from 'node:net';
 
 interface Tracked {
   born: number;
-  /** Requests in flight; Infinity once upgraded. */
-  busy: number;
-  /** Their responses, so the ones not yet started can say `Connection: close` when the age passes. */
+  /** Responses in flight: the connection is idle when there are none (and it was not upgraded). */
   responses: Set<ServerResponse>;
+  upgraded: boolean;
   /** The age passed while a request was in flight: close when the last one ends. */
   closeWhenIdle: boolean;
   /** The socket HTTP runs on (the TLS socket over `raw`), for a graceful end. */
@@ -36,10 +35,11 @@ export class ConnectionAge {
   /** A new connection (`raw`: the accepted TCP socket): its clock starts now. */
   born(raw: Socket, now = Date.now()): void {
     if (!this.enabled || this.#tracked.has(raw)) return;
-    const tracked: Tracked = { born: now, busy: 0, responses: new Set(), closeWhenIdle: false, httpSocket: undefined };
+    const tracked: Tracked = { born: now, responses: new Set(), upgraded: false, closeWhenIdle: false, httpSocket: undefined };
     this.#tracked.set(raw, tracked);
     const timer = setTimeout(() => {
-      if (tracked.busy === 0) return this.#close(raw, tracked);
+      if (tracked.upgraded) return;
+      if (tracked.responses.size === 0) return this.#close(raw, tracked);
       tracked.closeWhenIdle = true;
       // The client must not reuse a connection about to close: say so where headers are still to come.
       for (const res of tracked.responses) if (!res.headersSent) res.shouldKeepAlive = false;
@@ -54,19 +54,17 @@ export class ConnectionAge {
     if (!tracked) return;
     tracked.httpSocket = httpSocket;
     if (now - tracked.born >= this.#maxAgeMs) res.shouldKeepAlive = false;
-    tracked.busy += 1;
     tracked.responses.add(res);
     res.once('close', () => {
-      tracked.busy -= 1;
       tracked.responses.delete(res);
-      if (tracked.busy === 0 && tracked.closeWhenIdle) this.#close(raw, tracked);
+      if (tracked.responses.size === 0 && tracked.closeWhenIdle && !tracked.upgraded) this.#close(raw, tracked);
     });
   }
 
   /** `raw` now carries an upgraded protocol: no longer a keep-alive connection to retire. */
   upgraded(raw: Socket): void {
     const tracked = this.#tracked.get(raw);
-    if (tracked) tracked.busy = Number.POSITIVE_INFINITY;
+    if (tracked) tracked.upgraded = true;
   }
 
   #close(raw: Socket, tracked: Tracked): void {
