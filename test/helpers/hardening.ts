@@ -14,6 +14,7 @@ import { dirname, join, relative } from 'node:path';
 import { createInterface } from 'node:readline';
 import { closeServer, listenLoopback } from './apps.js';
 import { runCommand } from './clients.js';
+import { fetchMetrics, metricValue as sampleValue } from './identity.js';
 import { REPO_ROOT, startSidecar, type LogLine, type Sidecar } from './sidecar.js';
 
 export interface ScriptedApp {
@@ -122,18 +123,9 @@ export function requestLogs(sidecar: Sidecar, direction: 'inbound' | 'outbound' 
   return sidecar.logs().filter((line) => line.msg === 'request' && line.direction === direction);
 }
 
-/** The value of one Prometheus sample from the admin /metrics text, or 0 when absent. */
+/** The value of one Prometheus sample from the sidecar's admin /metrics, or 0 when absent. */
 export async function metricValue(sidecar: Sidecar, name: string, labels: Record<string, string>): Promise<number> {
-  const response = await fetch(`http://${sidecar.admin.host}:${sidecar.admin.port}/metrics`);
-  const text = await response.text();
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(`${name}{`) && !line.startsWith(`${name} `)) continue;
-    const match = /^[^{ ]+(?:\{([^}]*)\})? (\S+)/.exec(line);
-    if (!match) continue;
-    const present = Object.fromEntries([...(match[1] ?? '').matchAll(/(\w+)="([^"]*)"/g)].map((pair) => [pair[1], pair[2]]));
-    if (Object.entries(labels).every(([key, value]) => present[key] === value)) return Number(match[2]);
-  }
-  return 0;
+  return sampleValue(await fetchMetrics(sidecar), name, labels);
 }
 
 const websocketGuid = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';

@@ -74,7 +74,7 @@ export async function opensslSans(certPem: string): Promise<Array<{ type: string
 
 // ---- admin endpoints ----
 
-export async function fetchMetrics(sidecar: Sidecar): Promise<string> {
+export async function fetchMetrics(sidecar: Pick<Sidecar, 'admin'>): Promise<string> {
   const response = await plainRequest({ host: sidecar.admin.host, port: sidecar.admin.port, path: '/metrics' });
   if (response.status !== 200) throw new Error(`/metrics answered ${response.status}: ${response.text}`);
   return response.text;

@@ -5,7 +5,8 @@ import { open, rename, writeFile } from 'node:fs/promises';
 import { request as httpsRequest } from 'node:https';
 import type { TLSSocket } from 'node:tls';
 import type { TlsServerReply } from './apps.js';
-import { plainRequest, proxyRequest, runCommand } from './clients.js';
+import { proxyRequest, runCommand } from './clients.js';
+import { fetchMetrics, metricValue as sampleValue } from './identity.js';
 import { normalizeSerial } from './pki.js';
 import { startSidecar, type Address, type LogLine, type Sidecar } from './sidecar.js';
 
@@ -172,17 +173,7 @@ export function rejectedLines(sidecar: Sidecar, code?: string): LogLine[] {
 
 /** The value of one Prometheus sample from the admin /metrics (0 when the series is absent). */
 export async function metricValue(admin: Address, name: string, labels: Record<string, string> = {}): Promise<number> {
-  const response = await plainRequest({ ...admin, path: '/metrics' });
-  if (response.status !== 200) throw new Error(`/metrics answered ${response.status}`);
-  for (const line of response.text.split('\n')) {
-    if (line.startsWith('#')) continue;
-    const match = /^([a-zA-Z_:][\w:]*)(?:\{([^}]*)\})?\s+(\S+)/.exec(line);
-    if (!match || match[1] !== name) continue;
-    const found: Record<string, string> = {};
-    for (const pair of (match[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) found[pair[1]!] = pair[2]!;
-    if (Object.entries(labels).every(([key, value]) => found[key] === value)) return Number(match[3]);
-  }
-  return 0;
+  return sampleValue(await fetchMetrics({ admin }), name, labels);
 }
 
 // ---- a sidecar whose directory watch cannot work ----
