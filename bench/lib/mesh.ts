@@ -8,13 +8,14 @@
  * samples the proxies' CPU and RSS.
  */
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { BenchContext } from '../scenarios/scenario.js';
 import { nginxLogProblems, startInboundNginx, startInboundNginxStream, startOutboundNginx, startOutboundNginxStream } from './nginx.js';
-import { freePort, sampleUsage, stopProcess, type ManagedProcess } from './processes.js';
+import { freePort, sampleUsage, startProcess, stopProcess, waitForPort, type ManagedProcess } from './processes.js';
 import { sidecarBuilt, sidecarWarnings, startInboundSidecar, startOutboundSidecar, type SidecarProtocol } from './sidecar.js';
 import { runWrk, type WrkOptions, type WrkResult } from './wrk.js';
 
-export type MeshSetupKey = 'direct' | 'nginx' | 'nginx-stream' | 'sidecar' | 'sidecar-tcp';
+export type MeshSetupKey = 'direct' | 'nginx' | 'nginx-stream' | 'sidecar' | 'sidecar-tcp' | 'node-floor' | 'node-floor-tcp';
 
 /** A running setup: the base URL (no trailing slash) the client loads and the proxy processes (none for direct). */
 export interface RunningSetup {
@@ -86,6 +87,32 @@ export const meshSetups: readonly MeshSetup[] = [
   },
   { key: 'sidecar', label: 'sidecar pair (http)', unavailable: sidecarMissing, start: sidecarPair('http') },
   { key: 'sidecar-tcp', label: 'sidecar pair (tcp)', unavailable: sidecarMissing, start: sidecarPair('tcp') },
+];
+
+const NODE_FLOOR = path.join(path.dirname(fileURLToPath(import.meta.url)), 'node-floor.ts');
+
+/** The two halves of lib/node-floor.ts: what Node.js itself costs for a hop, nothing of a sidecar. */
+function nodeFloorPair(protocol: SidecarProtocol): MeshSetup['start'] {
+  return async (context) => {
+    const [outboundPort, inboundPort] = [await freePort(), await freePort()];
+    const start = async (side: 'outbound' | 'inbound', listenPort: number, targetPort: number, certDir: string) => {
+      const managed = startProcess(`node floor ${protocol} (${side})`, process.execPath, ['--import', 'tsx', NODE_FLOOR, protocol, side, String(listenPort), String(targetPort), certDir]);
+      await waitForPort(listenPort, 20_000, managed);
+      return managed;
+    };
+    const inbound = await start('inbound', inboundPort, context.appPort, context.pki.b.dir);
+    const outbound = await start('outbound', outboundPort, inboundPort, context.pki.a.dir);
+    return { baseUrl: `http://127.0.0.1:${outboundPort}`, proxies: [outbound, inbound], problems: () => [] };
+  };
+}
+
+/**
+ * References for the hop scenario only: the cheapest Node.js pairs (lib/node-floor.ts), so the
+ * report shows how much of the gap to nginx is the runtime and how much the sidecar's own work.
+ */
+export const nodeFloorSetups: readonly MeshSetup[] = [
+  { key: 'node-floor', label: 'node floor (http)', start: nodeFloorPair('http') },
+  { key: 'node-floor-tcp', label: 'node floor (tcp)', start: nodeFloorPair('tcp') },
 ];
 
 export function meshSetup(key: MeshSetupKey): MeshSetup {

@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { expectOk } from '../lib/http-check.js';
-import { measureWrk, meshSetups, setupNotes, withSetup, wrkErrors, type LoadResult, type MeshSetupKey, type SetupRun } from '../lib/mesh.js';
+import { measureWrk, meshSetups, nodeFloorSetups, setupNotes, withSetup, wrkErrors, type LoadResult, type MeshSetupKey, type SetupRun } from '../lib/mesh.js';
 import { SIDECAR_LOG_LEVEL } from '../lib/sidecar.js';
 import { formatNumber, keyName, ratio, type ChartBar, type Scenario, type ScenarioReport } from './scenario.js';
 
@@ -11,6 +11,9 @@ const RATIOS: [string, MeshSetupKey, MeshSetupKey][] = [
   ['sidecar (tcp) / nginx (stream)', 'sidecar-tcp', 'nginx-stream'],
   ['nginx (http) / direct', 'nginx', 'direct'],
   ['sidecar (http) / direct', 'sidecar', 'direct'],
+  ['sidecar (http) / node floor (http)', 'sidecar', 'node-floor'],
+  ['sidecar (tcp) / node floor (tcp)', 'sidecar-tcp', 'node-floor-tcp'],
+  ['node floor (http) / nginx (http)', 'node-floor', 'nginx'],
 ];
 
 export const keepaliveHop: Scenario = {
@@ -20,7 +23,7 @@ export const keepaliveHop: Scenario = {
     const { settings } = context;
     const dir = path.join(context.workDir, 'hop');
     const runs: SetupRun<LoadResult>[] = [];
-    for (const setup of meshSetups) {
+    for (const setup of [...meshSetups, ...nodeFloorSetups]) {
       runs.push(
         await withSetup(context, setup, dir, async (running) => {
           const url = `${running.baseUrl}/`;
@@ -70,6 +73,7 @@ export const keepaliveHop: Scenario = {
       `app: ${context.appDescription}, the same for all setups. Certificates: ${keyName(context.pki.keyType)}, minted by openssl, shared by nginx and the sidecar.`,
       'nginx pair (http): 2 processes x 1 worker; upstream keepalive 64 on both hops, proxy_ssl_session_reuse on, inbound sets an XFCC-like header (fingerprint + subject DN).',
       'nginx pair (stream, L4): 2 processes x 1 worker, the same TLS settings, bytes piped, one upstream connection per client connection (no pool), no header.',
+      'node floor pairs (lib/node-floor.ts): the least a Node.js proxy pair can do for the same hop, as a reference for what the runtime costs: (http) node:http/https servers forwarding with undici Pools (the sidecar\'s libraries), (tcp) the same TLS legs joined with stream.pipe; no allow-list, identity header, header filtering, error catalogue, logs, metrics or timeouts.',
       `sidecar pairs: 2 processes (A: --upstream, B: --inbound), --log-level ${SIDECAR_LOG_LEVEL} so the per-request info access log is off; (tcp) adds --protocol tcp on both and B's --app tcp://.`,
       'proxy CPU % = CPU time of both proxies (all their processes) during the measured window / wall time (100 % = one core); CPU s/10k req = that CPU time / requests x 10,000. All of wrk, the app and both proxies share this machine\'s cores.',
       ...setupNotes(runs, (measured, label) => [{ what: label, wrk: measured.wrk }]),
