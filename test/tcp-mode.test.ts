@@ -41,6 +41,39 @@ async function summaryRoundTrip(socket: import('node:net').Socket, payload: Buff
   return { summary: JSON.parse(result.data.toString('utf8') || 'null') as Summary, ended: result.ended, closed: result.closed };
 }
 
+/**
+ * Median milliseconds from a write to the second half of the `split` app's two-write answer, over
+ * `rounds` exchanges. A hop that leaves Nagle's algorithm on holds the second write until the
+ * first is acknowledged, and the receiver delays that ACK by 40 ms or more (Linux's minimum).
+ */
+async function splitReplyMedianMs(socket: import('node:net').Socket, rounds = 15): Promise<number> {
+  socket.write(modeLine('split'));
+  const times: number[] = [];
+  for (let round = 0; round < rounds; round += 1) {
+    const started = process.hrtime.bigint();
+    await new Promise<void>((resolve, reject) => {
+      let seen = '';
+      const onData = (chunk: Buffer) => {
+        seen += chunk.toString('latin1');
+        if (!seen.includes('b')) return;
+        socket.off('data', onData);
+        resolve();
+      };
+      socket.on('data', onData);
+      socket.once('close', () => reject(new Error('closed before the answer')));
+      socket.write('ping');
+    });
+    times.push(Number(process.hrtime.bigint() - started) / 1e6);
+    await sleep(5);
+  }
+  socket.destroy();
+  times.sort((a, b) => a - b);
+  return times[Math.floor(times.length / 2)];
+}
+
+/** Well under the 40 ms a delayed ACK adds, well over a loopback round trip on a loaded machine. */
+const NO_DELAYED_ACK_STALL_MS = 20;
+
 describe('--protocol tcp', () => {
   let root: CertificateAuthority;
   let foreignRoot: CertificateAuthority;
@@ -101,6 +134,11 @@ describe('--protocol tcp', () => {
   });
 
   describe('inbound', () => {
+    test('an answer the app writes in two parts reaches the peer without a delayed-ACK stall (Nagle off)', async () => {
+      const median = await splitReplyMedianMs(await connectMtls(sidecarB.inbound, client.leaf, ca));
+      assert.ok(median < NO_DELAYED_ACK_STALL_MS, `median ${median.toFixed(1)} ms from request to the second part`);
+    });
+
     test('a client that half-closes still receives the whole reply the app sends after its FIN', async () => {
       const socket = await connectMtls(sidecarB.inbound, client.leaf, ca);
       const payload = randomBytes(256 * 1024);
@@ -253,6 +291,11 @@ describe('--protocol tcp', () => {
       assert.equal(metricValue(await fetchMetrics(sidecarA), 'sidecar_tcp_connections_total', { direction: 'outbound', result: 'ok' }) >= 1, true);
     });
 
+    test('an answer the app writes in two parts crosses the pair without a delayed-ACK stall (Nagle off)', async () => {
+      const median = await splitReplyMedianMs(await connectPlain(sidecarA.upstream(ports.plain)));
+      assert.ok(median < NO_DELAYED_ACK_STALL_MS, `median ${median.toFixed(1)} ms from request to the second part`);
+    });
+
     test('an @spiffe:// pin that matches the upstream URI SAN connects', async () => {
       const payload = randomBytes(2048);
       const { summary } = await summaryRoundTrip(await connectPlain(sidecarA.upstream(ports.pinned)), payload);
@@ -382,6 +425,12 @@ describe('--protocol tcp', () => {
       await waitUntil('both connection lines are logged', () => sidecarPermissive.logs().filter(connectionLine('inbound')).length >= 2);
       const lines = sidecarPermissive.logs().filter(connectionLine('inbound'));
       assert.deepEqual(lines.map((line) => [line.tls, line.peer]), [['plaintext', 'plaintext'], ['mtls', client.spiffeId]]);
+    });
+
+    test('answers written in two parts reach plaintext and mTLS peers without a delayed-ACK stall (Nagle off)', async () => {
+      const plain = await splitReplyMedianMs(await connectPlain(sidecarPermissive.inbound));
+      const mtls = await splitReplyMedianMs(await connectMtls(sidecarPermissive.inbound, client.leaf, ca));
+      assert.ok(plain < NO_DELAYED_ACK_STALL_MS && mtls < NO_DELAYED_ACK_STALL_MS, `median ms from request to the second part: plaintext ${plain.toFixed(1)}, mTLS ${mtls.toFixed(1)}`);
     });
 
     test('a certificate from a foreign CA is refused in permissive mode too', async () => {

@@ -68,7 +68,7 @@ export class InboundListener {
     if (peerTls.permissive) {
       this.#plain = createHttpServer(httpOptions, (req, res) => this.#onRequest(req, res));
       this.#prepareServer(this.#plain);
-      this.#front = createNetServer((socket) =>
+      this.#front = createNetServer({ noDelay: true }, (socket) =>
         peerTls.dispatchFirstByte(socket, (tlsBound) => this.#https.emit('connection', tlsBound), (plain) => this.#plain!.emit('connection', plain)),
       );
     }

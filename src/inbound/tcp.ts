@@ -33,10 +33,10 @@ export class TcpInboundListener {
     this.#logger = logger;
     this.#metrics = metrics;
     this.#peerTls = peerTls;
-    this.#tls = createTlsServer(peerTls.serverOptions({ allowHalfOpen: true, ALPNProtocols: alpnProtocols }), (socket) => this.#onConnection(socket));
+    this.#tls = createTlsServer(peerTls.serverOptions({ allowHalfOpen: true, noDelay: true, ALPNProtocols: alpnProtocols }), (socket) => this.#onConnection(socket));
     peerTls.attach(this.#tls);
     if (peerTls.permissive) {
-      this.#front = createNetServer({ allowHalfOpen: true }, (socket) =>
+      this.#front = createNetServer({ allowHalfOpen: true, noDelay: true }, (socket) =>
         peerTls.dispatchFirstByte(socket, (tlsBound) => this.#tls.emit('connection', tlsBound), (plain) => this.#onConnection(plain)),
       );
     }

@@ -16,9 +16,11 @@ import type { Address } from './sidecar.js';
  * - `ends-first`: answers `app-bye\n` and ends its side at once, while still reading the client.
  * - `source N`: sends N random bytes as fast as backpressure allows, then ends.
  * - `reset`: resets the connection (TCP RST) at once.
+ * - `split`: answers every chunk in two writes 2 ms apart, `a` then `b` (what a database or gRPC
+ *   server does when a reply is several messages); the app itself never waits for an ACK (noDelay).
  * Any other first line is echoed together with the rest (so stray clients see their own bytes).
  */
-export type TcpAppMode = 'echo' | 'summary' | 'ends-first' | 'source' | 'reset' | 'unknown';
+export type TcpAppMode = 'echo' | 'summary' | 'ends-first' | 'source' | 'reset' | 'split' | 'unknown';
 
 /** What the app saw on one connection. */
 export interface TcpAppConnection {
@@ -45,11 +47,12 @@ export interface TcpApp {
 }
 
 const SUMMARY_DELAY_MS = 200;
+const SPLIT_GAP_MS = 2;
 
 export async function startTcpApp(): Promise<TcpApp> {
   const connections: TcpAppConnection[] = [];
   const sockets = new Set<Socket>();
-  const server = createServer({ allowHalfOpen: true }, (socket) => {
+  const server = createServer({ allowHalfOpen: true, noDelay: true }, (socket) => {
     sockets.add(socket);
     const record: TcpAppConnection = { mode: undefined, received: [], receivedLength: 0, receivedSha256: undefined, sentSha256: undefined, ended: false, closed: false };
     connections.push(record);
@@ -64,6 +67,10 @@ export async function startTcpApp(): Promise<TcpApp> {
           socket.pause();
           socket.once('drain', () => socket.resume());
         }
+      }
+      if (record.mode === 'split') {
+        socket.write('a');
+        setTimeout(() => socket.write('b'), SPLIT_GAP_MS);
       }
     };
     socket.on('error', () => {});
@@ -90,7 +97,7 @@ export async function startTcpApp(): Promise<TcpApp> {
       if (newline < 0 && head.length < 256) return;
       const line = newline < 0 ? '' : head.subarray(0, newline).toString('latin1');
       const [word, argument] = line.split(' ');
-      const known = ['echo', 'summary', 'ends-first', 'source', 'reset'] as const;
+      const known = ['echo', 'summary', 'ends-first', 'source', 'reset', 'split'] as const;
       record.mode = (known as readonly string[]).includes(word ?? '') ? (word as TcpAppMode) : 'unknown';
       const rest = record.mode === 'unknown' ? head : head.subarray(newline + 1);
       head = Buffer.alloc(0);
