@@ -74,6 +74,13 @@ function handleEcho(requests: RecordedRequest[]) {
       response.end();
       return;
     }
+    if (url.pathname === '/split') {
+      // A streamed answer in two writes 2 ms apart (chunked): what an SSE or streaming API does.
+      response.writeHead(200, { 'content-type': 'text/plain' });
+      response.write('a');
+      setTimeout(() => response.end('b'), 2);
+      return;
+    }
     if (url.pathname === '/slow') {
       const delay = Number(url.searchParams.get('ms') ?? '2000');
       await new Promise((resolve) => setTimeout(resolve, delay));
