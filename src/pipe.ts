@@ -1,6 +1,6 @@
 /**
- * Byte pipes for TCP mode: both directions with backpressure (stream.pipe) and half-close (one
- * side's FIN ends the other side's writing only); an error on either side closes both.
+ * Byte pipes for TCP mode: both directions with backpressure and half-close (one side's FIN ends
+ * the other side's writing only); an error on either side closes both.
  */
 import type { Socket } from 'node:net';
 
@@ -12,7 +12,44 @@ export interface PipeStats {
   error: Error | undefined;
 }
 
-export function pipeBothWays(client: Socket, server: Socket, onDone: (stats: PipeStats) => void): void {
+/** One read buffer for every socket opened with `directReads()`: each read is copied out before the next. */
+const sharedReadBuffer = Buffer.allocUnsafe(64 * 1024);
+
+/**
+ * Reads of a socket we open ourselves (net.connect and tls.connect take `onread`) that skip the
+ * stream machinery and go straight to the pipe's other side (as copies: the buffer is shared and a
+ * write may be queued). Until the pipe starts the socket is paused after a read and the chunk waits.
+ */
+export interface DirectReads {
+  readonly onread: { buffer: Buffer; callback: (bytes: number, buffer: Buffer) => boolean };
+  to: Socket | undefined;
+  readonly early: Buffer[];
+}
+
+export function directReads(): DirectReads {
+  const reads: DirectReads = {
+    to: undefined,
+    early: [],
+    onread: {
+      buffer: sharedReadBuffer,
+      callback: (bytes, buffer) => {
+        const chunk = Buffer.from(buffer.subarray(0, bytes));
+        if (reads.to === undefined) {
+          reads.early.push(chunk);
+          return false;
+        }
+        return reads.to.write(chunk);
+      },
+    },
+  };
+  return reads;
+}
+
+/**
+ * Joins `client` and `server`. `serverReads`: the server socket was opened with
+ * `onread: serverReads.onread`, so its chunks arrive through that callback instead of 'data'.
+ */
+export function pipeBothWays(client: Socket, server: Socket, onDone: (stats: PipeStats) => void, serverReads?: DirectReads): void {
   const started = Date.now();
   let error: Error | undefined;
   let closed = 0;
@@ -32,6 +69,35 @@ export function pipeBothWays(client: Socket, server: Socket, onDone: (stats: Pip
   server.once('close', (hadError) => (hadError || !server.readableEnded ? client.destroy() : undefined));
   client.once('close', onClose);
   server.once('close', onClose);
-  client.pipe(server);
-  server.pipe(client);
+  forward(client, server);
+  if (serverReads) forwardDirect(server, client, serverReads);
+  else forward(server, client);
+}
+
+/** `forward` for a socket read through `reads`: its callback writes to `to` and pauses on a full sink. */
+function forwardDirect(from: Socket, to: Socket, reads: DirectReads): void {
+  reads.to = to;
+  for (const chunk of reads.early.splice(0)) to.write(chunk);
+  to.on('drain', () => from.resume());
+  if (from.readableEnded) to.end();
+  else from.once('end', () => to.end());
+  from.resume();
+}
+
+/**
+ * What stream.pipe does for two sockets, without its bookkeeping for many destinations and
+ * unpiping: write each chunk, pause the source while the sink is full, end the sink after the
+ * source's FIN.
+ */
+function forward(from: Socket, to: Socket): void {
+  from.on('data', (chunk: Buffer) => {
+    if (!to.write(chunk)) from.pause();
+  });
+  to.on('drain', () => from.resume());
+  // A client that connects and closes without a byte, while the upstream is still handshaking,
+  // has already emitted 'end' by the time the pipe starts.
+  if (from.readableEnded) to.end();
+  else from.once('end', () => to.end());
+  // A source paused before the pipe started stays paused when a 'data' listener is added.
+  from.resume();
 }

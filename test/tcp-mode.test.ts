@@ -291,6 +291,20 @@ describe('--protocol tcp', () => {
       assert.equal(metricValue(await fetchMetrics(sidecarA), 'sidecar_tcp_connections_total', { direction: 'outbound', result: 'ok' }) >= 1, true);
     });
 
+    test('an app connection closed without a byte while the upstream handshakes ends the whole path (nothing left half-open)', async () => {
+      const markA = sidecarA.logs().length;
+      const before = app.connections.length;
+      const socket = await connectPlain(sidecarA.upstream(ports.plain));
+      const reading = collect(socket, 5000);
+      socket.end();
+      const result = await reading;
+      assert.equal(result.closed, true, 'the app connection is closed');
+      assert.equal(result.data.length, 0);
+      const line = await waitForNextLog(sidecarA, connectionLine('outbound'), markA);
+      assert.equal(line.bytesOut, 0);
+      await waitUntil('the app saw the FIN and the close', () => app.connections.slice(before).some((connection) => connection.ended && connection.closed));
+    });
+
     test('an answer the app writes in two parts crosses the pair without a delayed-ACK stall (Nagle off)', async () => {
       const median = await splitReplyMedianMs(await connectPlain(sidecarA.upstream(ports.plain)));
       assert.ok(median < NO_DELAYED_ACK_STALL_MS, `median ${median.toFixed(1)} ms from request to the second part`);

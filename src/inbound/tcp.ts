@@ -11,7 +11,7 @@ import type { Config } from '../config.js';
 import { listenOn, trackConnections, type BoundAddress } from '../listen.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
-import { pipeBothWays } from '../pipe.js';
+import { directReads, pipeBothWays } from '../pipe.js';
 import { appErrors } from '../errors.js';
 import type { PeerTls } from './peer-tls.js';
 import { encodeProxyHeader, proxyHeaderFor } from './proxy-protocol.js';
@@ -89,7 +89,8 @@ export class TcpInboundListener {
       }
     }
     const app = this.#config.app;
-    const upstream = app.kind === 'unix' ? connect({ path: app.path, allowHalfOpen: true }) : connect({ host: app.host, port: app.port, allowHalfOpen: true });
+    const reads = directReads();
+    const upstream = app.kind === 'unix' ? connect({ path: app.path, allowHalfOpen: true, onread: reads.onread }) : connect({ host: app.host, port: app.port, allowHalfOpen: true, onread: reads.onread });
     upstream.setNoDelay(true);
     // Queued before the pipe starts, so it reaches the app ahead of any byte of the peer's.
     if (proxyHeader) upstream.write(proxyHeader);
@@ -118,6 +119,6 @@ export class TcpInboundListener {
         { direction: 'inbound', protocol: 'tcp', peer: label, tls: security.tls, alpn: (client as TLSSocket).alpnProtocol || undefined, bytesIn: stats.bytesUp, bytesOut: stats.bytesDown, durationMs: stats.durationMs, ...(stats.error ? { error: stats.error.message } : {}) },
         'connection',
       );
-    });
+    }, reads);
   }
 }

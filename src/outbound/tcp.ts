@@ -14,7 +14,7 @@ import { appErrors } from '../errors.js';
 import { listenOn, trackConnections, type BoundAddress } from '../listen.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
-import { pipeBothWays } from '../pipe.js';
+import { directReads, pipeBothWays, type DirectReads } from '../pipe.js';
 import { clientSecureContext } from '../tls.js';
 import type { AfterHandshakeCheck } from '../connector.js';
 import { alpnProtocols } from '../inbound/tcp.js';
@@ -76,7 +76,9 @@ export class TcpUpstreamListeners {
     const insecure = this.#config.insecureSkipVerify;
     const { connectMs, handshakeMs, idleMs } = this.#config.timeouts;
     const checks = this.#identityChecks.get(route.localPort)!;
-    const options: ConnectionOptions & { allowHalfOpen: boolean } = {
+    const reads = directReads();
+    const options: ConnectionOptions & { allowHalfOpen: boolean; onread: DirectReads['onread'] } = {
+      onread: reads.onread,
       secureContext: clientSecureContext(this.#store.current!, this.#config.minTls),
       host: route.host,
       port: route.port,
@@ -87,7 +89,7 @@ export class TcpUpstreamListeners {
       rejectUnauthorized: !insecure,
       checkServerIdentity: checks.duringHandshake,
     };
-    // allowHalfOpen is honoured by tls.connect (it builds the TLSSocket with it) but not in its types.
+    // allowHalfOpen and onread are honoured by tls.connect (it builds the TLSSocket with them) but not in its types.
     const upstream: TLSSocket = tlsConnect(options);
     upstream.setNoDelay(true);
     upstream.on('session', (session: Buffer) => this.#sessions.set(route.localPort, session));
@@ -127,7 +129,7 @@ export class TcpUpstreamListeners {
           { direction: 'outbound', protocol: 'tcp', upstream: where, alpn: upstream.alpnProtocol || undefined, resumed, bytesOut: stats.bytesUp, bytesIn: stats.bytesDown, durationMs: stats.durationMs, ...(stats.error ? { error: stats.error.message } : {}) },
           'connection',
         );
-      });
+      }, reads);
     });
   }
 }
