@@ -17,9 +17,10 @@ import { idle } from './scenarios/idle.js';
 import { keepaliveHop } from './scenarios/keepalive-hop.js';
 import { largeBody } from './scenarios/large-body.js';
 import { soak } from './scenarios/soak.js';
+import { workers } from './scenarios/workers.js';
 import { keyName, type BenchContext, type BenchSettings, type Scenario, type ScenarioReport, type Table } from './scenarios/scenario.js';
 
-const scenarios: Scenario[] = [keepaliveHop, largeBody, handshakes, idle, soak];
+const scenarios: Scenario[] = [keepaliveHop, largeBody, handshakes, idle, workers, soak];
 /** Not a scenario: redraws bench/results/chart.svg from the last results, without measuring. */
 const CHART_COMMAND = 'chart';
 

@@ -15,7 +15,10 @@ import { freePort, sampleUsage, startProcess, stopProcess, waitForPort, type Man
 import { sidecarBuilt, sidecarWarnings, startInboundSidecar, startOutboundSidecar, type SidecarProtocol } from './sidecar.js';
 import { runWrk, type WrkOptions, type WrkResult } from './wrk.js';
 
-export type MeshSetupKey = 'direct' | 'nginx' | 'nginx-stream' | 'sidecar' | 'sidecar-tcp' | 'node-floor' | 'node-floor-tcp';
+export type MeshSetupKey =
+  | 'direct' | 'nginx' | 'nginx-stream' | 'sidecar' | 'sidecar-tcp' | 'node-floor' | 'node-floor-tcp'
+  // scenario "workers": one outbound proxy with 1 or 2 worker processes
+  | 'nginx-outbound-1' | 'nginx-outbound-2' | 'sidecar-outbound-1' | 'sidecar-outbound-2';
 
 /** A running setup: the base URL (no trailing slash) the client loads and the proxy processes (none for direct). */
 export interface RunningSetup {

@@ -81,10 +81,13 @@ export function startInboundSidecar(inboundPort: number, appPort: number, identi
 }
 
 /** Sidecar A: a fixed upstream listener on `localPort` that goes over mTLS to localhost:`peerPort`. */
-export function startOutboundSidecar(localPort: number, peerPort: number, identity: ServiceCertDir, protocol: SidecarProtocol = 'http'): Promise<ManagedProcess> {
+export function startOutboundSidecar(localPort: number, peerPort: number, identity: ServiceCertDir, protocol: SidecarProtocol = 'http', workers = 1): Promise<ManagedProcess> {
   return startSidecar(
-    nameOf('outbound sidecar (A)', protocol),
-    ['--cert-dir', identity.dir, ...protocolArgs(protocol), '--inbound', 'off', '--outbound', 'off', '--admin', 'off', '--upstream', `${localPort}=localhost:${peerPort}`],
+    nameOf(workers === 1 ? 'outbound sidecar (A)' : `outbound sidecar (A, ${workers} workers)`, protocol),
+    [
+      '--cert-dir', identity.dir, ...protocolArgs(protocol), '--inbound', 'off', '--outbound', 'off', '--admin', 'off', '--upstream', `${localPort}=localhost:${peerPort}`,
+      ...(workers === 1 ? [] : ['--workers', String(workers)]),
+    ],
     (managed) => waitForPort(localPort, 20_000, managed),
   );
 }
