@@ -46,8 +46,14 @@ export class PeerTls {
   readonly #deniedLog = new RateLimitedLog(10_000);
   readonly #policy: InboundPolicy;
   readonly #tracker: PeerTracker;
-  /** Session ticket keys outlive certificate rotation so resumption keeps working. */
-  readonly #ticketKeys = randomBytes(48);
+  /**
+   * Session ticket keys outlive a rotation that keeps every CA of the bundle, so resumption keeps
+   * working across leaf renewals. A resumed session skips chain verification, so when a CA leaves
+   * the bundle the keys are renewed: no session verified under the old trust can resume.
+   */
+  #ticketKeys = randomBytes(48);
+  /** sha256 fingerprints of the bundle the current ticket keys were issued under. */
+  #ticketTrust: Set<string>;
   readonly #servers: TlsServer[] = [];
   readonly #store: CertStore;
   #ownUris: string[];
@@ -63,7 +69,15 @@ export class PeerTls {
     this.#metrics = options.metrics;
     this.#store = options.store;
     this.#ownUris = options.store.current!.identity.uris;
+    this.#ticketTrust = fingerprints(options.store.current!);
     options.store.on('update', (next) => {
+      const trust = fingerprints(next);
+      const removed = [...this.#ticketTrust].filter((fingerprint) => !trust.has(fingerprint));
+      if (removed.length > 0) {
+        this.#ticketKeys = randomBytes(48);
+        this.#logger.info({ direction: 'inbound', removedCas: removed.length, generation: next.generation }, 'a CA left the trust bundle: TLS session tickets renewed, callers verify again on their next connection');
+      }
+      this.#ticketTrust = trust;
       // New handshakes use the new set; open connections keep theirs until they end.
       for (const server of this.#servers) server.setSecureContext(this.#secureContext(next));
       this.#ownUris = next.identity.uris;
@@ -208,4 +222,8 @@ export class PeerTls {
     // never would, and silent clients would hold --max-connections slots for good.
     socket.destroy();
   }
+}
+
+function fingerprints(set: GenerationedCertSet): Set<string> {
+  return new Set(set.bundle.map((ca) => ca.fingerprint256));
 }
