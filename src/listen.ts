@@ -3,6 +3,7 @@
  */
 import type { Server } from 'node:net';
 import type { ListenAddress } from './config.js';
+import { RateLimitedLog, type Logger } from './log.js';
 import type { Direction, Metrics } from './metrics.js';
 
 /** "host:port" as actually bound (port 0 resolves to the chosen port). */
@@ -41,5 +42,25 @@ export function trackConnections(server: Server, direction: Direction, metrics: 
   server.on('connection', (socket) => {
     metrics.connectionsActive.inc({ direction });
     socket.once('close', () => metrics.connectionsActive.dec({ direction }));
+  });
+}
+
+/**
+ * --max-connections: Node closes a connection that arrives while `max` are open before any byte is
+ * read (the client sees a reset or an aborted handshake); each one is counted and logged (at most
+ * one line per 10 s, with the number suppressed) so the operator sees the cap being hit.
+ */
+export function limitConnections(server: Server, max: number, direction: Direction, metrics: Metrics, logger: Logger): void {
+  if (max <= 0) return;
+  server.maxConnections = max;
+  const log = new RateLimitedLog(10_000);
+  server.on('drop', (dropped) => {
+    metrics.connectionsDropped.inc({ direction });
+    const suppressed = log.admit('drop');
+    if (suppressed === undefined) return;
+    logger.warn(
+      { direction, peer: dropped ? `${dropped.remoteAddress}:${dropped.remotePort}` : undefined, maxConnections: max, ...(suppressed ? { suppressed } : {}), hint: 'raise --max-connections, or add replicas' },
+      'connection dropped: --max-connections reached',
+    );
   });
 }

@@ -64,6 +64,13 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly connectionsDropped = new Counter({
+    name: 'sidecar_connections_dropped_total',
+    help: 'Client connections closed on arrival because --max-connections were open, by direction',
+    labelNames: ['direction'] as const,
+    registers: [this.registry],
+  });
+
   readonly tcpConnections = new Counter({
     name: 'sidecar_tcp_connections_total',
     help: 'TCP-mode connections, by direction and result (ok, error, or a catalog code)',

@@ -8,6 +8,7 @@ import { after, before, describe, test } from 'node:test';
 import { startEchoApp, type EchoApp } from './helpers/apps.js';
 import { mtlsRequest } from './helpers/clients.js';
 import { sleep, startScriptedApp, type ScriptedApp } from './helpers/hardening.js';
+import { fetchMetrics, metricValue } from './helpers/identity.js';
 import { makeService, sharedRootCA, type CertificateAuthority, type ServiceIdentity } from './helpers/pki.js';
 import { openTls, readRaw } from './helpers/raw.js';
 import { startSidecar, stopAllSidecars, type Address, type Sidecar } from './helpers/sidecar.js';
@@ -123,13 +124,17 @@ describe('hardening: slow clients on the inbound listener', () => {
     }
   });
 
-  test('--max-connections 5 caps concurrent inbound connections; a slot frees when one closes', async () => {
-    const capped = await startSidecar(['--cert-dir', serviceB.certDir, '--app', app.url, '--outbound', 'off', '--admin', 'off', '--max-connections', '5']);
+  test('--max-connections 5 caps concurrent inbound connections, logging and counting each drop; a slot frees when one closes', async () => {
+    const capped = await startSidecar(['--cert-dir', serviceB.certDir, '--app', app.url, '--outbound', 'off', '--max-connections', '5']);
     try {
       const held = await Promise.all(Array.from({ length: 5 }, () => openTls({ address: capped.inbound, leaf: peerA.leaf, ca: root.certPem })));
       const before = app.requests.length;
       await assert.rejects(call(capped, '/sixth'), 'the sixth concurrent connection must be refused');
       assert.equal(app.requests.length, before);
+      const line = await capped.waitForLog((logged) => logged.msg === 'connection dropped: --max-connections reached', 5000);
+      assert.equal(line.level, 'warn');
+      assert.equal(line.maxConnections, 5);
+      assert.equal(metricValue(await fetchMetrics(capped), 'sidecar_connections_dropped_total', { direction: 'inbound' }) >= 1, true);
       held[0]!.destroy();
       await sleep(200);
       const response = await call(capped, '/after-free');

@@ -17,7 +17,7 @@ import { appConnector } from '../connector.js';
 import { endWithErrorResponse } from '../error-response.js';
 import { Forwarder, classifyAppError, clientErrorHandler, clientOptions, httpServerOptions, type ForwardOptions } from '../forward.js';
 import { stripHopByHop, stripIdentityHeaders } from '../http-headers.js';
-import { listenOn, trackConnections, type BoundAddress } from '../listen.js';
+import { limitConnections, listenOn, trackConnections, type BoundAddress } from '../listen.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { ConnectionPool } from '../pool.js';
@@ -76,7 +76,7 @@ export class InboundListener {
     trackConnections(listening, 'inbound', metrics);
     peerTls.watch(listening);
     listening.on('connection', (socket: Socket) => this.#connectionAge.born(socket));
-    if (config.maxConnections > 0) listening.maxConnections = config.maxConnections;
+    limitConnections(listening, config.maxConnections, 'inbound', metrics, logger);
   }
 
   async listen(): Promise<BoundAddress> {

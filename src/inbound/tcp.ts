@@ -8,7 +8,7 @@
 import { connect, createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
 import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
 import type { Config } from '../config.js';
-import { listenOn, trackConnections, type BoundAddress } from '../listen.js';
+import { limitConnections, listenOn, trackConnections, type BoundAddress } from '../listen.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { directReads, pipeBothWays } from '../pipe.js';
@@ -43,7 +43,7 @@ export class TcpInboundListener {
     const listening = this.#front ?? this.#tls;
     trackConnections(listening, 'inbound', metrics);
     peerTls.watch(listening);
-    if (config.maxConnections > 0) listening.maxConnections = config.maxConnections;
+    limitConnections(listening, config.maxConnections, 'inbound', metrics, logger);
   }
 
   listen(): Promise<BoundAddress> {
