@@ -3,7 +3,6 @@
  * The command line (SPEC §2): parses with yargs, then calls one function per command.
  * Exit codes: 0 ok, 1 runtime/certificate problem, 2 usage or configuration error.
  */
-import { stat } from 'node:fs/promises';
 import yargs, { type Argv, type InferredOptionTypes, type Options } from 'yargs';
 import { hideBin, Parser } from 'yargs/helpers';
 import { certsInit, certsIssue } from './commands/certs.js';
@@ -77,10 +76,8 @@ function declareOptions<T, O extends Record<string, Options>>(command: Argv<T>, 
 
 async function runCommand(args: RawRunArgs, unknownEnv: string[]): Promise<void> {
   const config = configFrom(args);
-  const dirStat = await stat(config.certs.dir).catch(() => undefined);
-  if (!dirStat?.isDirectory()) {
-    usageError(new ConfigError('cert-dir', config.certs.dir, 'an existing directory holding the certificate, key and trust bundle').message);
-  }
+  // A missing cert dir is not a usage error: it is the start-up failure cert_dir_missing (exit 1),
+  // reported by the loader like every other problem with the directory.
   const logger = createLogger({ level: config.logLevel, format: config.logFormat });
   for (const name of unknownEnv) {
     // Kubernetes injects SIDECAR_PORT, SIDECAR_SERVICE_HOST, … for a Service named "sidecar".

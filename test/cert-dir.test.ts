@@ -138,6 +138,12 @@ describe('start-up without a valid certificate set', () => {
     assert.match(output, /match|belong/i, output);
   });
 
+  test('a cert dir that does not exist -> exit 1 with cert_dir_missing (a start-up failure, not a usage error)', async () => {
+    const result = await run('/nonexistent-cert-dir');
+    assert.equal(result.code, 1, result.stderr);
+    assert.match(result.stderr, /\/nonexistent-cert-dir: the certificate directory does not exist: mount the secret there or pass --cert-dir \[cert_dir_missing\]/);
+  });
+
   test('an expired certificate -> exit 1 naming the file and the problem', async () => {
     const service = await makeService(root, 'expired', { expired: true });
     const result = await run(service.certDir);
