@@ -61,7 +61,8 @@ export class InboundListener {
     });
     this.#forwarder = new Forwarder({ direction: 'inbound', timeouts: config.timeouts, maxHeaderSize: config.maxHeaderSize, classify: classifyAppError, logger, metrics });
 
-    const httpOptions = httpServerOptions(config.timeouts, config.maxHeaderSize);
+    // A request without Host is refused by requestTargetProblem, with the catalog's 400 (Node's own is bare).
+    const httpOptions = { ...httpServerOptions(config.timeouts, config.maxHeaderSize), requireHostHeader: false };
     this.#https = createHttpsServer({ ...peerTls.serverOptions(), ...httpOptions }, (req, res) => this.#onRequest(req, res));
     peerTls.attach(this.#https);
     this.#prepareServer(this.#https);
@@ -149,14 +150,43 @@ export class InboundListener {
   #onRequest(req: IncomingMessage, res: ServerResponse): void {
     this.#connectionAge.request(acceptedSocket(req.socket), req.socket, res);
     const options = this.#admit(req, false, (detail, who, peer) => this.#forwarder.refuse(req, res, 'peer_not_allowed', detail, who, peer));
-    if (options) this.#forwarder.web(req, res, options);
+    if (!options) return;
+    const problem = requestTargetProblem(req);
+    if (problem) this.#forwarder.refuse(req, res, 'bad_request', problem, options);
+    else this.#forwarder.web(req, res, options);
   }
 
   #onUpgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
     this.#connectionAge.upgraded(acceptedSocket(socket));
     const options = this.#admit(req, true, (detail, _who, peer) => endWithErrorResponse(socket, 'peer_not_allowed', detail, peer));
-    if (options) this.#forwarder.upgrade(req, socket, head, options);
+    if (!options) return;
+    const problem = requestTargetProblem(req);
+    if (problem) endWithErrorResponse(socket, 'bad_request', problem);
+    else this.#forwarder.upgrade(req, socket, head, options);
   }
+}
+
+const absoluteForm = /^https?:\/\/([^/?#@\s]+)((?:[/?][^#\s]*)?)$/i;
+
+/**
+ * RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host, and a server given an absolute-form
+ * target (`GET http://name/path`, what proxies get) uses that authority instead of any Host sent.
+ * Rewrites such a request to origin-form with that Host, so the app sees one consistent name;
+ * returns why a request is refused (400 bad_request), or undefined.
+ */
+function requestTargetProblem(req: IncomingMessage): string | undefined {
+  let hosts = 0;
+  for (let index = 0; index < req.rawHeaders.length; index += 2) if (req.rawHeaders[index]!.toLowerCase() === 'host') hosts += 1;
+  if (hosts > 1) return `${hosts} Host headers: a request carries exactly one`;
+  const target = req.url ?? '';
+  if (target.startsWith('/') || (target === '*' && req.method === 'OPTIONS')) {
+    return hosts === 0 && req.httpVersion === '1.1' ? 'an HTTP/1.1 request without a Host header' : undefined;
+  }
+  const absolute = absoluteForm.exec(target);
+  if (!absolute) return `request target ${JSON.stringify(target.slice(0, 200))} is neither a path nor an http(s) URL without user info`;
+  req.url = absolute[2]!.startsWith('/') ? absolute[2]! : `/${absolute[2]!}`;
+  req.headers.host = absolute[1]!;
+  return undefined;
 }
 
 /** The TCP socket the listener accepted (the one under a TLS socket), which --max-connection-age times. */
