@@ -73,17 +73,25 @@ function resolveIn(dir: string, file: string): string {
   return isAbsolute(file) ? file : join(dir, file);
 }
 
-/** Which files make up the set: flags first, else the first layout whose chain file exists. */
+/**
+ * Which files make up the set: flags first, else the first layout all three of whose files exist,
+ * else the first whose chain file exists (so the missing ones are named). A stray file of another
+ * layout (an empty `tls.crt` next to a spiffe-helper set) does not hide a complete set.
+ */
 export async function resolveCertFiles(config: CertDirConfig): Promise<CertFiles> {
   const dirStat = await stat(config.dir).catch(() => undefined);
   if (!dirStat?.isDirectory()) throw new CertError('cert_dir_missing', config.dir);
   let detected: Layout | undefined;
+  let partial: Layout | undefined;
   for (const layout of layouts) {
-    if (await pathExists(join(config.dir, layout.cert))) {
+    const present = await Promise.all([layout.cert, layout.key, layout.ca].map((name) => pathExists(join(config.dir, name))));
+    if (present.every(Boolean)) {
       detected = layout;
       break;
     }
+    if (present[0]) partial ??= layout;
   }
+  detected ??= partial;
   const overridden = config.certFile !== undefined || config.keyFile !== undefined || config.caFile !== undefined;
   if (!detected && !(config.certFile && config.keyFile && config.caFile)) {
     if (!overridden) throw new CertError('no_layout', config.dir);
