@@ -106,6 +106,8 @@ describe('peer identity, allow-list, XFCC and upstream identity', () => {
     paymentsLookalike: { uris: ['spiffe://test.local/ns/payments-eu/sa/api'] },
     paymentsOtherDomain: { uris: ['spiffe://other.local/ns/payments/sa/api'] },
     lookalikeDomain: { uris: ['spiffe://test.local.evil/ns/payments/sa/api'] },
+    paymentsDotDot: { uris: ['spiffe://test.local/ns/payments/../admin'] },
+    paymentsTrailingSlash: { uris: ['spiffe://test.local/ns/payments/sa/api/'] },
     twoUris: { uris: ['spiffe://test.local/ns/nowhere/sa/nobody', 'spiffe://test.local/ns/payments/sa/second-uri'] },
     rateLimited: { uris: ['spiffe://test.local/ns/default/sa/rate-limited'] },
     dnsExact: { dns: ['exact.example.com'] },
@@ -223,6 +225,11 @@ describe('peer identity, allow-list, XFCC and upstream identity', () => {
       await assertDenied(spiffeSidecar, peers.lookalikeDomain!, 'spiffe://test.local.evil/ns/payments/sa/api');
     });
 
+    test('a URI SAN that is not a valid SPIFFE ID matches no pattern: a ".." segment, a trailing slash', async () => {
+      await assertDenied(spiffeSidecar, peers.paymentsDotDot!, 'spiffe://test.local/ns/payments/../admin');
+      await assertDenied(spiffeSidecar, peers.paymentsTrailingSlash!, 'spiffe://test.local/ns/payments/sa/api/');
+    });
+
     test('any of the peer’s URI SANs may match (the second of two here)', async () => {
       await assertAllowed(spiffeSidecar, peers.twoUris!);
     });
@@ -319,6 +326,10 @@ describe('peer identity, allow-list, XFCC and upstream identity', () => {
       await assertDenied(trustSidecar, peers.paymentsOtherDomain!, 'spiffe://other.local/ns/payments/sa/api');
       await assertDenied(trustSidecar, peers.lookalikeDomain!, 'spiffe://test.local.evil/ns/payments/sa/api');
       await assertDenied(trustSidecar, peers.dnsExact!, 'exact.example.com');
+    });
+
+    test('inbound: a URI SAN in the trust domain that is not a valid SPIFFE ID ("..") gets 403', async () => {
+      await assertDenied(trustSidecar, peers.paymentsDotDot!, 'spiffe://test.local/ns/payments/../admin');
     });
 
     test('outbound: an upstream outside the trust domain gets 502 upstream_identity_mismatch; one inside gets 200', async () => {

@@ -87,3 +87,21 @@ export function spiffeIdOf(identity: CertIdentity): string | undefined {
 export function displayName(identity: CertIdentity): string {
   return spiffeIdOf(identity) ?? identity.uris[0] ?? identity.dns[0] ?? (identity.commonName ? `CN=${identity.commonName}` : identity.subject);
 }
+
+const spiffeIdSyntax = /^spiffe:\/\/[a-z0-9._-]+(\/[A-Za-z0-9._-]+)+$/;
+
+/**
+ * A SPIFFE ID as the SPIFFE spec allows it: lowercase trust domain, a non-empty path of segments of
+ * letters, digits, `.`, `-`, `_`, none of them `.` or `..`, no trailing slash, no percent-encoding,
+ * query or fragment. A URI SAN that is not one (`spiffe://mesh.local/ns/shop/../admin`) is no
+ * identity: it never matches an allow pattern or a trust domain.
+ */
+export function isSpiffeId(uri: string): boolean {
+  return spiffeIdSyntax.test(uri) && !uri.slice('spiffe://'.length).split('/').some((segment) => segment === '.' || segment === '..');
+}
+
+/** A valid SPIFFE ID in `trustDomain`. */
+export function inTrustDomain(uri: string, trustDomain: string): boolean {
+  return uri.startsWith(`spiffe://${trustDomain}/`) && isSpiffeId(uri);
+}
+

@@ -2,13 +2,17 @@
  * Inbound authorization: the allow-list (OR of every --allow-* flag) and the trust domain.
  * No allow flag set means any peer whose chain verifies is allowed.
  */
-import type { CertIdentity } from '../certs/identity.js';
+import { inTrustDomain, isSpiffeId, type CertIdentity } from '../certs/identity.js';
 import type { AllowList } from '../config.js';
 
 export type PolicyDecision = { allowed: true } | { allowed: false; reason: string };
 
-/** `*` matches exactly one path segment; a trailing `**` matches one or more remaining segments. */
+/**
+ * `*` matches exactly one path segment; a trailing `**` matches one or more remaining segments.
+ * Only a valid SPIFFE ID matches (`..` is not a segment `**` may cover).
+ */
 export function spiffePatternMatches(pattern: string, id: string): boolean {
+  if (!isSpiffeId(id)) return false;
   const patternParts = pattern.split('/');
   const idParts = id.split('/');
   for (let index = 0; index < patternParts.length; index += 1) {
@@ -48,7 +52,8 @@ export class InboundPolicy {
   }
 
   decide(peer: CertIdentity): PolicyDecision {
-    if (this.#trustDomain && !peer.uris.some((uri) => uri.startsWith(`spiffe://${this.#trustDomain}/`))) {
+    const trustDomain = this.#trustDomain;
+    if (trustDomain && !peer.uris.some((uri) => inTrustDomain(uri, trustDomain))) {
       return { allowed: false, reason: `no SPIFFE ID in trust domain ${this.#trustDomain} (--trust-domain)` };
     }
     if (this.#open) return { allowed: true };

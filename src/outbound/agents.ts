@@ -8,7 +8,7 @@
  * --max-connection-age a pooled connection past that age is closed when its request ends.
  */
 import { checkServerIdentity as defaultCheckServerIdentity, type PeerCertificate } from 'node:tls';
-import { parseSubjectAltName } from '../certs/identity.js';
+import { inTrustDomain, parseSubjectAltName } from '../certs/identity.js';
 import type { CertStore, GenerationedCertSet } from '../certs/store.js';
 import type { Config } from '../config.js';
 import { upstreamConnector, type AfterHandshakeCheck, type Connector } from '../connector.js';
@@ -41,7 +41,7 @@ export function upstreamIdentityCheck(expectedSpiffe: string | undefined, trustD
     }
     const uris = sans.filter((san) => san.type === 'URI').map((san) => san.value);
     if (expectedSpiffe && !uris.includes(expectedSpiffe)) return new IdentityMismatchError(expectedSpiffe, uris);
-    if (trustDomain && !uris.some((uri) => uri.startsWith(`spiffe://${trustDomain}/`))) {
+    if (trustDomain && !uris.some((uri) => inTrustDomain(uri, trustDomain))) {
       return new IdentityMismatchError(`an ID in trust domain ${trustDomain}`, uris);
     }
     return undefined;
