@@ -64,8 +64,57 @@ function notAbsolute(target: string | undefined): string {
   return `request target ${JSON.stringify(target)} is not an absolute http:// URL: set the app's HTTP_PROXY to this listener, or use an --upstream listener for a fixed upstream`;
 }
 
+function badPort(target: string | undefined, port: string): string {
+  return `request target ${JSON.stringify(target)} names port ${port}: a TCP port is 1 to 65535`;
+}
+
+/** A port as written in a request target, if it is one a connection can go to (0 is "any" to the socket API). */
+function portNumber(text: string): number | undefined {
+  if (!/^\d+$/.test(text)) return undefined;
+  const port = Number(text);
+  return port >= 1 && port <= 65535 ? port : undefined;
+}
+
 function authority(host: string, port: number): string {
   return isIP(host) === 6 ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/** Where an absolute-form request goes, and the origin-form target to send there. */
+export interface ProxyTarget {
+  host: string;
+  port: number;
+  /** Path and query exactly as the app wrote them; `/` when the app wrote none. */
+  path: string;
+}
+
+/**
+ * Splits an absolute-form request target (RFC 9112 §3.2.2: `http://host[:port]`, path-abempty,
+ * optional query) into upstream and origin-form target, or says why it cannot be proxied.
+ *
+ * Only the authority goes through WHATWG URL (host syntax, IDNA, lowercasing). The path and query
+ * are cut from the raw text: URL would resolve dot-segments (`%2e%2e` included), turn `\` into `/`
+ * and percent-encode characters, and a proxy passes the target on as the app sent it. A fragment
+ * is not part of a request target and is not sent.
+ */
+export function parseAbsoluteTarget(target: string): ProxyTarget | { problem: string } {
+  const parts = /^(https?):\/\/([^/?#]*)([^#]*)/i.exec(target);
+  if (!parts) return { problem: notAbsolute(target) };
+  const [, scheme = '', authorityText = '', rest = ''] = parts;
+  const portText = /:(\d+)$/.exec(authorityText)?.[1];
+  if (portText !== undefined && portNumber(portText) === undefined) return { problem: badPort(target, portText) };
+  let url: URL;
+  try {
+    url = new URL(`${scheme}://${authorityText}/`);
+  } catch {
+    return { problem: notAbsolute(target) };
+  }
+  // URL also ends a host at `\`; Node's parser refuses one there today, and this keeps the two from
+  // ever disagreeing on where the path starts (and so on which host the request goes to).
+  if (url.pathname !== '/' || url.search !== '' || url.hash !== '') return { problem: notAbsolute(target) };
+  const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
+  const port = portText !== undefined ? Number(portText) : url.protocol === 'https:' ? 443 : 80;
+  const path = rest.startsWith('/') ? rest : `/${rest}`;
+  return { host, port, path };
 }
 
 interface Upstream {
@@ -112,7 +161,7 @@ export class OutboundListeners {
     let outbound: BoundAddress | undefined;
     if (this.#config.outbound) {
       const server = this.#createServer((req, res) => this.#onProxyRequest(req, res));
-      server.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => this.#onConnect(req, socket, head));
+      server.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => this.#guardSocket(req, socket, () => this.#onConnect(req, socket, head)));
       outbound = await this.#bind(server, this.#config.outbound, 'outbound');
     }
     const upstreams: Record<string, BoundAddress> = {};
@@ -151,13 +200,47 @@ export class OutboundListeners {
 
   #createServer(handler: (req: IncomingMessage, res: ServerResponse) => void): Server {
     const { timeouts, maxHeaderSize } = this.#config;
-    const server = createServer(httpServerOptions(timeouts, maxHeaderSize), handler);
+    const server = createServer(httpServerOptions(timeouts, maxHeaderSize), (req, res) => this.#guardRequest(req, res, handler));
     server.setTimeout(timeouts.idleMs);
     server.on('clientError', this.#clientError);
-    server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => this.#onUpgrade(req, socket, head));
+    server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => this.#guardSocket(req, socket, () => this.#onUpgrade(req, socket, head)));
     trackConnections(server, 'outbound', this.#metrics);
     this.#servers.push(server);
     return server;
+  }
+
+  /**
+   * Node's server calls these handlers from its parser: an exception escaping one is uncaught and
+   * ends the process, cutting every connection of every app. A request that trips a check nobody
+   * wrote is refused (400 bad_request) on its own connection instead.
+   */
+  #guardRequest(req: IncomingMessage, res: ServerResponse, handler: (req: IncomingMessage, res: ServerResponse) => void): void {
+    try {
+      handler(req, res);
+    } catch (error) {
+      const detail = this.#handlerFailed(req, error);
+      if (res.headersSent) res.destroy();
+      else this.#forwarder.refuse(req, res, 'bad_request', detail, { peer: 'app' });
+    }
+  }
+
+  /** The same for the handlers that own the socket (CONNECT, upgrades). */
+  #guardSocket(req: IncomingMessage, socket: Socket, handle: () => void): void {
+    try {
+      handle();
+    } catch (error) {
+      const detail = this.#handlerFailed(req, error);
+      if (socket.writable) this.#refuseRaw(req, socket, 'bad_request', detail);
+      else socket.destroy();
+    }
+  }
+
+  /** Logs a handler's exception with its stack (a check is missing: a bug); returns the answer's detail. */
+  #handlerFailed(req: IncomingMessage, error: unknown): string {
+    const message = error instanceof Error ? error.message : String(error);
+    const stack = error instanceof Error ? error.stack : undefined;
+    this.#logger.error({ direction: 'outbound', method: req.method, target: req.url, reason: message, stack }, 'request handler threw; the request is refused');
+    return `the request could not be proxied: ${message}`;
   }
 
   async #bind(server: Server, address: ListenAddress, flag: string): Promise<BoundAddress> {
@@ -175,25 +258,18 @@ export class OutboundListeners {
     };
   }
 
-  /** Absolute-form request target -> upstream; rewrites the request line to origin-form. */
-  #upstreamFromProxyRequest(req: IncomingMessage): Upstream | undefined {
-    let url: URL;
-    try {
-      url = new URL(req.url ?? '');
-    } catch {
-      return undefined;
-    }
-    if (url.protocol !== 'http:' && url.protocol !== 'https:') return undefined;
-    const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
-    const port = url.port ? Number(url.port) : url.protocol === 'https:' ? 443 : 80;
-    req.url = `${url.pathname}${url.search}`;
-    return { host, port, expectedSpiffe: this.#config.expectSpiffe.get(host.toLowerCase()) };
+  /** Absolute-form request target -> upstream (or why not); rewrites the request line to origin-form. */
+  #upstreamFromProxyRequest(req: IncomingMessage): Upstream | { problem: string } {
+    const target = parseAbsoluteTarget(req.url ?? '');
+    if ('problem' in target) return target;
+    req.url = target.path;
+    return { host: target.host, port: target.port, expectedSpiffe: this.#config.expectSpiffe.get(target.host.toLowerCase()) };
   }
 
   #onProxyRequest(req: IncomingMessage, res: ServerResponse): void {
     const upstream = this.#upstreamFromProxyRequest(req);
-    if (!upstream) {
-      this.#forwarder.refuse(req, res, 'bad_request', notAbsolute(req.url), { peer: 'app' });
+    if ('problem' in upstream) {
+      this.#forwarder.refuse(req, res, 'bad_request', upstream.problem, { peer: 'app' });
       return;
     }
     stripHopByHop(req.headers);
@@ -209,8 +285,8 @@ export class OutboundListeners {
     const localPort = socket.localPort;
     const route = this.#config.upstreams.find((candidate) => candidate.localPort === localPort);
     const upstream = route ? { host: route.host, port: route.port, expectedSpiffe: route.spiffeId } : this.#upstreamFromProxyRequest(req);
-    if (!upstream) {
-      this.#refuseRaw(req, socket, 'bad_request', notAbsolute(req.url));
+    if ('problem' in upstream) {
+      this.#refuseRaw(req, socket, 'bad_request', upstream.problem);
       return;
     }
     stripHopByHop(req.headers, true);
@@ -233,9 +309,14 @@ export class OutboundListeners {
       refuse('bad_request', `CONNECT target ${JSON.stringify(req.url)} is not HOST:PORT`);
       return;
     }
-    const [, host, port] = match;
+    const [, host = '', portText = ''] = match;
+    const port = portNumber(portText);
+    if (port === undefined) {
+      refuse('bad_request', badPort(req.url, portText));
+      return;
+    }
     const connectMs = this.#config.timeouts.connectMs;
-    const upstream = connect({ host: host!, port: Number(port) });
+    const upstream = connect({ host, port });
     const timer = connectMs > 0 ? setTimeout(() => upstream.destroy(Object.assign(new Error(`connecting took longer than ${connectMs} ms`), { code: 'SIDECAR_TIMEOUT' })), connectMs) : undefined;
     let connected = false;
     client.on('error', () => upstream.destroy());
