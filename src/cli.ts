@@ -9,7 +9,7 @@ import { certsInit, certsIssue } from './commands/certs.js';
 import { waitReady } from './commands/wait.js';
 import { checkCommand } from './commands/check.js';
 import { probeCommand } from './commands/probe.js';
-import { buildConfig, envName, parseDuration, readEnv, runOptions, type OptionSpec, type RawRunArgs } from './config.js';
+import { buildConfig, checkRunListeners, envName, parseDuration, readEnv, runOptions, type OptionSpec, type RawRunArgs } from './config.js';
 import { runDemo } from './demo.js';
 import { ConfigError } from './errors.js';
 import { createLogger, flushLogs } from './log.js';
@@ -76,6 +76,12 @@ function declareOptions<T, O extends Record<string, Options>>(command: Argv<T>, 
 
 async function runCommand(args: RawRunArgs, unknownEnv: string[]): Promise<void> {
   const config = configFrom(args);
+  try {
+    checkRunListeners(config);
+  } catch (error) {
+    if (error instanceof ConfigError) usageError(error.message);
+    throw error;
+  }
   // A missing cert dir is not a usage error: it is the start-up failure cert_dir_missing (exit 1),
   // reported by the loader like every other problem with the directory.
   const logger = createLogger({ level: config.logLevel, format: config.logFormat });
@@ -117,17 +123,21 @@ function addCertOptions(command: Argv, envValues: Record<string, unknown>, argv:
   return declareOptions(command, { ...yargsOptions(table, envValues), json, ...more }, argv);
 }
 
+/** Flags whose value came from a SIDECAR_* variable (not given on the command line), set by main. */
+let fromEnvironment: (flag: string) => boolean = () => false;
+
 function configFrom(args: RawRunArgs) {
   try {
     return buildConfig(args);
   } catch (error) {
-    if (error instanceof ConfigError) usageError(error.message);
+    if (error instanceof ConfigError) usageError(fromEnvironment(error.flag) ? `${error.message} (set by ${envName(error.flag)})` : error.message);
     throw error;
   }
 }
 
 export async function main(argv: string[]): Promise<void> {
   const { values: envValues, unknown: unknownEnv } = readEnv(runOptions, process.env);
+  fromEnvironment = (flag) => flag in envValues && !argv.some((arg) => arg === `--${flag}` || arg.startsWith(`--${flag}=`));
   const cli = yargs(argv)
     .scriptName('mtls-sidecar')
     .usage('$0 <command> [options]\n\nA service-mesh sidecar: verified mutual TLS in and out of a local app.')
@@ -256,7 +266,14 @@ export async function main(argv: string[]): Promise<void> {
       // yargs reports a value outside `choices` on two lines; say it in ConfigError's one-line form.
       const invalid = [...(message ?? '').matchAll(/Argument: ([^,]+), Given: (.*), Choices: (.*)/g)];
       if (invalid.length > 0) {
-        usageError(invalid.map(([, flag, given, choices]) => `--${flag}: ${given} is not valid: ${choices!.split(', ').map((choice) => choice.replace(/^"|"$/g, '')).join(' or ')}`).join('; '));
+        usageError(
+          invalid
+            .map(([, flag, given, choices]) => {
+              const why = `--${flag}: ${given} is not valid: ${choices!.split(', ').map((choice) => choice.replace(/^"|"$/g, '')).join(' or ')}`;
+              return fromEnvironment(flag!) ? `${why} (set by ${envName(flag!)})` : why;
+            })
+            .join('; '),
+        );
       }
       usageError(message ?? 'invalid usage (see --help)');
     });

@@ -338,6 +338,30 @@ export function buildConfig(args: RawRunArgs): Config {
   };
 }
 
+/**
+ * What only `run` needs of its listeners: something to serve, and no two on one address (they
+ * would fail at start with "already in use", as if another process held the port).
+ */
+export function checkRunListeners(config: Config): void {
+  if (!config.inbound && !config.outbound && config.upstreams.length === 0) {
+    throw new ConfigError('inbound', 'off', 'with --outbound off and no --upstream there is nothing to serve: turn on at least one of them');
+  }
+  const wildcard = (host: string) => host === '0.0.0.0' || host === '::';
+  const listeners: Array<[string, ListenAddress]> = [
+    ...(config.inbound ? [['inbound', config.inbound] as [string, ListenAddress]] : []),
+    ...(config.outbound ? [['outbound', config.outbound] as [string, ListenAddress]] : []),
+    ...(config.admin ? [['admin', config.admin] as [string, ListenAddress]] : []),
+    ...config.upstreams.map((route): [string, ListenAddress] => ['upstream', { host: '127.0.0.1', port: route.localPort }]),
+  ];
+  for (let index = 0; index < listeners.length; index += 1) {
+    for (const [otherFlag, other] of listeners.slice(index + 1)) {
+      const [flag, address] = listeners[index]!;
+      const clash = address.port !== 0 && address.port === other.port && (address.host === other.host || wildcard(address.host) || wildcard(other.host));
+      if (clash) throw new ConfigError(otherFlag, `${other.host}:${other.port}`, `--${flag} already listens on ${address.host}:${address.port}: give each listener its own port`);
+    }
+  }
+}
+
 /** Env var name for a flag: `cert-dir` -> `SIDECAR_CERT_DIR`. */
 export function envName(flag: string): string {
   return `SIDECAR_${flag.toUpperCase().replace(/-/g, '_')}`;

@@ -224,6 +224,27 @@ describe('configuration errors', () => {
     await assertUsageError(['--cert-dir', service.certDir, '--inbound', '127.0.0.1:0', '--outbound', 'off', '--admin', 'off', '--connect-timeout', 'soonish'], '--connect-timeout', 'soonish');
   });
 
+  test('run with nothing to serve, or two listeners on one address -> exit 2 naming the flags', async () => {
+    const certDir = ['--cert-dir', service.certDir];
+    assert.equal(
+      await usageErrorLine(['run', ...certDir, '--inbound', 'off', '--outbound', 'off']),
+      'mtls-sidecar: --inbound: "off" is not valid: with --outbound off and no --upstream there is nothing to serve: turn on at least one of them',
+    );
+    const port = await freePort();
+    assert.equal(
+      await usageErrorLine(['run', ...certDir, '--inbound', `127.0.0.1:${port}`, '--admin', `127.0.0.1:${port}`]),
+      `mtls-sidecar: --admin: "127.0.0.1:${port}" is not valid: --inbound already listens on 127.0.0.1:${port}: give each listener its own port`,
+    );
+    assert.equal(
+      await usageErrorLine(['run', ...certDir, '--inbound', `0.0.0.0:${port}`, '--outbound', 'off', '--upstream', `${port}=localhost:1`]),
+      `mtls-sidecar: --upstream: "127.0.0.1:${port}" is not valid: --inbound already listens on 0.0.0.0:${port}: give each listener its own port`,
+    );
+  });
+
+  test('wait --admin without a port or URL -> exit 2', async () => {
+    assert.equal(await usageErrorLine(['wait', '--admin', 'nonsense', '--timeout', '1s']), 'mtls-sidecar: --admin: "nonsense" is not HOST:PORT or a URL');
+  });
+
   test('every single-value flag of run given twice -> exit 2, one line naming it and both values', async () => {
     const singleValue = Object.entries(runOptions).filter(([, spec]) => spec.type !== 'array');
     assert.ok(singleValue.length > 20, 'the option table should list run flags');
@@ -312,6 +333,17 @@ describe('configuration errors', () => {
       assert.match(lines[0]!, /unexpected argument "(extra|bogus)"/);
       assert.doesNotMatch(lines[0]!, /flag/);
     }
+  });
+
+  test('an invalid value from a SIDECAR_* variable -> exit 2 naming the flag and the variable; the same value as a flag names only the flag', async () => {
+    const fromEnv = await runCli(['run', '--cert-dir', service.certDir], { env: { SIDECAR_MODE: 'bogus', SIDECAR_DRAIN_TIMEOUT: '15s' } });
+    assert.equal(fromEnv.code, 2);
+    assert.equal(fromEnv.stderr.trim(), 'mtls-sidecar: --mode: "bogus" is not valid: strict or permissive (set by SIDECAR_MODE)');
+    const duration = await runCli(['run', '--cert-dir', service.certDir], { env: { SIDECAR_DRAIN_TIMEOUT: 'soon' } });
+    assert.equal(duration.code, 2);
+    assert.match(duration.stderr, /^mtls-sidecar: --drain-timeout: "soon" is not valid: .* \(set by SIDECAR_DRAIN_TIMEOUT\)$/m);
+    const fromFlag = await runCli(['run', '--cert-dir', service.certDir, '--mode', 'bogus']);
+    assert.equal(fromFlag.stderr.trim(), 'mtls-sidecar: --mode: "bogus" is not valid: strict or permissive');
   });
 
   test('unknown SIDECAR_FOO env var -> a warning, and the process still starts', async () => {

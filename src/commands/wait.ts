@@ -4,9 +4,11 @@
  */
 import { request } from 'node:http';
 
+/** `HOST:PORT` (the port is required: there is no default admin port to guess) or an http(s) URL. */
 function readyzUrl(admin: string): URL {
-  const base = /^https?:\/\//.test(admin) ? admin : `http://${admin}`;
-  return new URL('/readyz', base);
+  const isUrl = /^https?:\/\//.test(admin);
+  if (!isUrl && !/:\d+$/.test(admin)) throw new Error('no port');
+  return new URL('/readyz', isUrl ? admin : `http://${admin}`);
 }
 
 function probe(url: URL): Promise<{ status: number; body: string } | undefined> {
