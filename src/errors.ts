@@ -152,6 +152,7 @@ export const certProblems = {
   cert_parse_error: { message: 'the file does not hold valid PEM certificates', fix: 'write the PEM (-----BEGIN CERTIFICATE-----) blocks whole' },
   key_parse_error: { message: 'the private key cannot be read', fix: 'write a PEM key (PKCS#8, PKCS#1 RSA or SEC1 EC); for an encrypted key pass --key-passphrase-file' },
   key_mismatch: { message: 'the private key does not belong to the leaf certificate', fix: 'deploy the key that was issued with this certificate' },
+  chain_out_of_order: { message: 'the chain file does not start with the leaf certificate', fix: 'write the leaf first, then its intermediates (the order cert-manager and openssl write)' },
   bundle_empty: { message: 'the trust bundle holds no certificate', fix: 'write the CA certificate(s) into it' },
   chain_incomplete: {
     message: 'the certificate that issued it is missing',

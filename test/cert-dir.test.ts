@@ -157,6 +157,16 @@ describe('start-up without a valid certificate set', () => {
     assert.match(result.stderr, /\/nonexistent-cert-dir: the certificate directory does not exist: mount the secret there or pass --cert-dir \[cert_dir_missing\]/);
   });
 
+  test('a chain file in the wrong order (intermediate first) -> exit 1 with chain_out_of_order, not key_mismatch', async () => {
+    const intermediate = await makeIntermediate(root, { cn: 'order intermediate' });
+    const service = await makeService(intermediate, 'reversed-chain');
+    const [leafPem, intermediatePem] = service.leaf.chainPem.split(/(?<=-----END CERTIFICATE-----\n?)/).filter((block) => block.trim() !== '');
+    await writeFile(join(service.certDir, 'tls.crt'), `${intermediatePem!.trim()}\n${leafPem!.trim()}\n`);
+    const result = await run(service.certDir);
+    assert.equal(result.code, 1, result.stderr);
+    assert.match(result.stderr, /tls\.crt: the key \(.*tls\.key\) belongs to certificate 2 \(.*CN=reversed-chain.*\), not to the first \(serial [0-9A-F]+\); the chain file does not start with the leaf certificate: write the leaf first, then its intermediates .* \[chain_out_of_order\]/);
+  });
+
   test('an expired certificate -> exit 1 naming the file and the problem', async () => {
     const service = await makeService(root, 'expired', { expired: true });
     const result = await run(service.certDir);

@@ -249,7 +249,15 @@ function checkValidity(cert: X509Certificate, now: Date, file: string): void {
   if (now > notAfter) throw new CertError('cert_expired', file, `expired at ${notAfter.toISOString()}`);
 }
 
-export function keyMismatch(files: { cert: string; key: string }, leaf: X509Certificate): CertError {
+/**
+ * The key does not belong to the chain's first certificate. When it belongs to a later one, the
+ * chain file is in the wrong order (intermediate first): chain_out_of_order rather than blaming the key.
+ */
+export function keyMismatch(files: { cert: string; key: string }, leaf: X509Certificate, chain: X509Certificate[] = [leaf], key?: KeyObject): CertError {
+  const owner = key ? chain.findIndex((cert, index) => index > 0 && cert.checkPrivateKey(key)) : -1;
+  if (owner > 0) {
+    return new CertError('chain_out_of_order', files.cert, `the key (${files.key}) belongs to certificate ${owner + 1} (${chain[owner]!.subject.replace(/\n/g, ', ')}), not to the first (serial ${leaf.serialNumber})`);
+  }
   return new CertError('key_mismatch', files.key, `it does not match the certificate in ${files.cert} (serial ${leaf.serialNumber})`);
 }
 
@@ -261,7 +269,7 @@ export function validateCertFiles(raw: RawCertFiles, now = new Date()): CertSet 
   if (bundle.length === 0) throw new CertError('bundle_empty', files.ca);
   const key = parsePrivateKey(raw.keyText, files.key, files.passphrase);
   const leaf = chain[0]!;
-  if (!leaf.checkPrivateKey(key)) throw keyMismatch(files, leaf);
+  if (!leaf.checkPrivateKey(key)) throw keyMismatch(files, leaf, chain, key);
   verifyChain(chain, bundle, now, files);
   const { notBefore, notAfter } = validityOf(leaf);
   return {
