@@ -82,6 +82,20 @@ describe('inbound Host and request target', () => {
     assert.equal(query.reached[0]?.url, '/?x=1');
   });
 
+  test('the HTTP/2 connection preface -> 400 malformed_request saying HTTP/2 is not served here (not a smuggling hint)', async () => {
+    const before = app.requests.length;
+    const exchange = await rawTlsExchange({ address: sidecar.inbound, leaf: peer.leaf, ca: root.certPem, bytes: 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', until: holdsWholeResponse, timeoutMs: 10000 });
+    const response = wholeResponse(exchange);
+    assert.equal(response.status, 400, exchange.text);
+    assert.equal(response.headers['x-sidecar-error'], 'malformed_request');
+    const body = JSON.parse(response.body) as { message: string; hint: string };
+    assert.match(body.message, /HTTP\/2 without TLS \(h2c prior knowledge\) is not served here/);
+    assert.match(body.hint, /--protocol tcp/);
+    const line = await sidecar.waitForLog((logged: LogLine) => logged.msg === 'request refused' && /h2c/.test(String(logged.reason)), 5000);
+    assert.doesNotMatch(String(line.hint), /smuggling/);
+    assert.equal(app.requests.length, before);
+  });
+
   test('a target with user info or another scheme -> 400 bad_request', async () => {
     for (const target of ['http://user@good.example/', 'ftp://good.example/']) {
       const { response, reached } = await send(`GET ${target} HTTP/1.1\r\nHost: good.example\r\n`);
