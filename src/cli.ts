@@ -211,12 +211,13 @@ export async function main(argv: string[]): Promise<void> {
                 ip: { type: 'array', string: true, describe: 'IP SANs' },
                 days: { type: 'number', describe: 'validity in days (default 30)' },
                 out: { type: 'string', demandOption: true, describe: 'directory to write the certificate into' },
+                force: { type: 'boolean', default: false, describe: 'replace an existing tls.crt, tls.key or other ca.crt in --out (refused otherwise: a sidecar may be serving them)' },
               } as const,
               argv,
             ),
           async (args) => {
             const list = (value: unknown) => (Array.isArray(value) ? value.flatMap((item) => String(item).split(',')).filter(Boolean) : undefined);
-            process.exit(await certsIssue({ ca: args.ca, name: args.name, dns: list(args.dns), spiffe: list(args.spiffe), ip: list(args.ip), days: args.days, out: args.out }));
+            process.exit(await certsIssue({ ca: args.ca, name: args.name, dns: list(args.dns), spiffe: list(args.spiffe), ip: list(args.ip), days: args.days, out: args.out, force: args.force }));
           },
         )
         .demandCommand(1, 'name a certs command: init or issue'),

@@ -31,6 +31,11 @@ export const appErrors = {
     message: 'the upstream refused our client certificate (it sent a TLS alert, or closed a new connection before answering, as Node-based servers do)',
     hint: 'make sure the CA that issued our certificate is in the upstream trust bundle and our certificate is valid (mtls-sidecar check)',
   },
+  upstream_cert_wrong_purpose: {
+    status: 502,
+    message: 'the upstream presented a certificate that is not allowed for a TLS server (its extendedKeyUsage lacks serverAuth, or its keyUsage lacks digitalSignature)',
+    hint: 'reissue the upstream certificate for both uses: openssl extension lines `extendedKeyUsage = serverAuth, clientAuth` and `keyUsage = critical, digitalSignature`, or `mtls-sidecar certs issue`, which sets both (`mtls-sidecar check` on its cert dir shows what it has)',
+  },
   upstream_chain_incomplete: {
     status: 502,
     message: 'the upstream sent a certificate chain that is missing an intermediate',
@@ -125,7 +130,12 @@ export const tlsFailures = {
   peer_cert_missing: 'the client sent no certificate: configure the client certificate and key on the caller',
   our_cert_rejected: 'the peer refused our certificate: is our CA in the peer trust bundle?',
   chain_incomplete: 'an intermediate CA certificate is missing from the chain: append it to the chain file',
+  cert_wrong_purpose:
+    "the certificate is not allowed for this use: a caller's certificate needs extendedKeyUsage clientAuth, a server's serverAuth (a sidecar's both), and a keyUsage, if present, digitalSignature; reissue it with the openssl extension line `extendedKeyUsage = serverAuth, clientAuth`, or with `mtls-sidecar certs issue`",
+  our_cert_wrong_purpose:
+    'the peer refused the purpose of our certificate (alert "unsupported certificate"): its extendedKeyUsage lacks clientAuth (when we call) or serverAuth (when we are called); reissue ours with `extendedKeyUsage = serverAuth, clientAuth` (`mtls-sidecar check` shows what it has)',
   plaintext_on_tls_port: 'plain HTTP was sent to a TLS port: use https, or the plaintext port',
+  not_tls: 'the client sent bytes that are not TLS (another protocol, or garbage): point it at the plaintext port, or make it use TLS',
   tls_on_plaintext_port: 'TLS was sent to a plaintext port: use http, or the TLS port',
   protocol_version: 'the peer speaks an old TLS version: use TLS 1.2 or newer',
   no_shared_cipher: 'no cipher in common: the peer must support ECDHE with AES-GCM or ChaCha20-Poly1305',
@@ -164,6 +174,15 @@ export const certProblems = {
   },
   cert_expired: { message: 'the certificate has expired', fix: 'renew it' },
   cert_not_yet_valid: { message: 'the certificate is not valid yet', fix: 'check the clock, or wait for its notBefore' },
+  // The two below do not stop `run` (it loads such a set and warns): peers refuse the certificate.
+  cert_usage_missing: {
+    message: 'the certificate is not allowed for both TLS server use (inbound) and TLS client use (outbound)',
+    fix: 'reissue it with the openssl extension lines `extendedKeyUsage = serverAuth, clientAuth` and `keyUsage = critical, digitalSignature` (cert-manager: usages digital signature, server auth, client auth), or with `mtls-sidecar certs issue --dns NAME --spiffe spiffe://TRUST-DOMAIN/PATH`, which sets both',
+  },
+  cert_no_san: {
+    message: 'the certificate has no subjectAltName (no DNS, IP or URI SAN): callers cannot verify its name (upstream_name_mismatch) and it carries no SPIFFE identity',
+    fix: 'reissue it with the names callers dial and its SPIFFE ID: openssl `subjectAltName = DNS:NAME, URI:spiffe://TRUST-DOMAIN/PATH`, or `mtls-sidecar certs issue --dns NAME --spiffe spiffe://TRUST-DOMAIN/PATH`',
+  },
 } as const satisfies Record<string, { message: string; fix: string }>;
 
 /**

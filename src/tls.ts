@@ -65,33 +65,44 @@ const untrustedCodes = new Set([
   'INVALID_CA',
 ]);
 
+/** Which end of the handshake we were: `server` for an inbound listener, `client` when we dialled (outbound, probe). */
+export type TlsSide = 'server' | 'client';
+
 /**
- * Classifies a TLS failure. `side` says whose certificate an alert is about: an alert the peer
- * sends us about a certificate means it rejected ours.
+ * Classifies a TLS failure. `side` tells the two meanings of OpenSSL's "wrong version number" apart
+ * (the error is the same on both ends): to a client, the server answered with something that is
+ * not TLS (a plaintext port); to a server, the client sent something that is not TLS (plain HTTP is
+ * recognised separately, as "http request"). Without a side the error is read as a client's, which
+ * is what the outbound path and `probe` are.
  */
-export function classifyTlsError(error: unknown): TlsFailureReason | undefined {
+export function classifyTlsError(error: unknown, side: TlsSide = 'client'): TlsFailureReason | undefined {
   const code = String((error as NodeJS.ErrnoException | undefined)?.code ?? '');
   const message = String((error as Error | undefined)?.message ?? '').toLowerCase();
   if (code === 'SIDECAR_IDENTITY_MISMATCH') return 'identity_mismatch';
   if (untrustedCodes.has(code)) return 'cert_untrusted';
   if (code === 'CERT_HAS_EXPIRED') return 'cert_expired';
   if (code === 'CERT_NOT_YET_VALID') return 'cert_not_yet_valid';
+  // We verified the peer's certificate and its (extended) key usage does not allow its role
+  // (OpenSSL 3 says "unsuitable certificate purpose", 1.1 "unsupported certificate purpose").
+  if (code === 'INVALID_PURPOSE' || /(unsuitable|unsupported) certificate purpose/.test(message)) return 'cert_wrong_purpose';
   if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') return 'name_mismatch';
   if (code === 'ERR_TLS_HANDSHAKE_TIMEOUT' || message.includes('handshake timeout')) return 'handshake_timeout';
+  // OpenSSL (nginx, Envoy, openssl s_server) answers a certificate of the wrong purpose with this alert.
+  if (code.includes('ALERT_UNSUPPORTED_CERTIFICATE') || message.includes('alert unsupported certificate')) return 'our_cert_wrong_purpose';
   // Alerts the peer sent about our certificate: in the code, or (EPROTO on a write) only in the message.
-  if (/ALERT_(CERTIFICATE_REQUIRED|BAD_CERTIFICATE|UNKNOWN_CA|CERTIFICATE_EXPIRED|CERTIFICATE_UNKNOWN|UNSUPPORTED_CERTIFICATE|CERTIFICATE_REVOKED|DECRYPT_ERROR|ACCESS_DENIED)/.test(code)) {
+  if (/ALERT_(CERTIFICATE_REQUIRED|BAD_CERTIFICATE|UNKNOWN_CA|CERTIFICATE_EXPIRED|CERTIFICATE_UNKNOWN|CERTIFICATE_REVOKED|DECRYPT_ERROR|ACCESS_DENIED)/.test(code)) {
     return 'our_cert_rejected';
   }
-  if (/alert (certificate required|bad certificate|unknown ca|certificate expired|certificate unknown|unsupported certificate|certificate revoked|decrypt error|access denied)/.test(message)) {
+  if (/alert (certificate required|bad certificate|unknown ca|certificate expired|certificate unknown|certificate revoked|decrypt error|access denied)/.test(message)) {
     return 'our_cert_rejected';
   }
   if (/alert protocol version/.test(message)) return 'protocol_version';
   if (/alert handshake failure/.test(message)) return 'no_shared_cipher';
-  if (/ALERT_PROTOCOL_VERSION|UNSUPPORTED_PROTOCOL|WRONG_VERSION_NUMBER|VERSION_TOO_LOW/.test(code)) {
-    return code.includes('WRONG_VERSION_NUMBER') ? 'tls_on_plaintext_port' : 'protocol_version';
-  }
+  if (code.includes('WRONG_VERSION_NUMBER')) return side === 'server' ? 'not_tls' : 'tls_on_plaintext_port';
+  if (/ALERT_PROTOCOL_VERSION|UNSUPPORTED_PROTOCOL|VERSION_TOO_LOW/.test(code)) return 'protocol_version';
   if (/NO_SHARED_CIPHER|ALERT_HANDSHAKE_FAILURE|NO_CIPHERS|NO_SUITABLE/.test(code)) return 'no_shared_cipher';
-  if (code === 'ERR_SSL_HTTP_REQUEST' || message.includes('http request')) return 'plaintext_on_tls_port';
+  // A plaintext HTTP request, or a proxy's CONNECT, sent to a TLS port.
+  if (code === 'ERR_SSL_HTTP_REQUEST' || code === 'ERR_SSL_HTTPS_PROXY_REQUEST' || message.includes('http request') || message.includes('https proxy request')) return 'plaintext_on_tls_port';
   if (code === 'ERR_SSL_PEER_DID_NOT_RETURN_A_CERTIFICATE' || message.includes('peer did not return a certificate')) return 'peer_cert_missing';
   if (message.includes('certificate verify failed') || code === 'ERR_SSL_CERTIFICATE_VERIFY_FAILED') return 'cert_untrusted';
   if (code === 'ECONNRESET' || code === 'EPIPE' || message.includes('socket hang up') || message.includes('disconnected before secure')) return 'connection_reset';
@@ -110,5 +121,6 @@ export function classifyPeerVerifyError(verifyError: string | null | undefined):
   if (code === 'CERT_HAS_EXPIRED') return 'cert_expired';
   if (code === 'CERT_NOT_YET_VALID') return 'cert_not_yet_valid';
   if (untrustedCodes.has(code)) return 'cert_untrusted';
+  if (code === 'INVALID_PURPOSE') return 'cert_wrong_purpose';
   return 'tls_error';
 }

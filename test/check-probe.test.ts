@@ -126,7 +126,7 @@ describe('check', () => {
 
   test('chain file without the intermediate (bundle holds only the root) -> chain_incomplete naming the missing issuer; `run` refuses it the same way', async () => {
     const intermediate = await makeIntermediate(root, { cn: 'check intermediate' });
-    const leaf: Leaf = await issueLeaf(intermediate, { cn: 'behind-intermediate' });
+    const leaf: Leaf = await issueLeaf(intermediate, { cn: 'behind-intermediate', dns: ['behind-intermediate.svc'] });
     assert.notEqual(leaf.chainPem, leaf.certPem, 'the full chain holds the intermediate');
     const dir = await dirWith('no-intermediate', leaf.certPem, leaf.keyPem, root.certPem);
     const out = await assertCheckProblem(dir, 'chain_incomplete', /append the intermediate that issued it to the chain file \(or, if it is a root, add it to the bundle\)/);

@@ -74,6 +74,9 @@ const CA_KEY_FILE = 'ca.key';
 const SERVICE_CERT_FILE = 'tls.crt';
 const SERVICE_KEY_FILE = 'tls.key';
 
+/** The files `writeServiceDir` writes into its directory (the Kubernetes TLS secret layout). */
+export const SERVICE_DIR_FILES = { cert: SERVICE_CERT_FILE, key: SERVICE_KEY_FILE, ca: CA_CERT_FILE } as const;
+
 export function createDevCA(opts: DevCAOptions = {}): PemPair {
   const commonName = opts.commonName ?? uniqueDevCaName();
   requireName('--name', commonName);
@@ -112,7 +115,6 @@ export function issueDevCert(ca: PemPair, opts: DevCertOptions): IssuedCert {
 
   const caCert = forge.pki.certificateFromPem(ca.certPem);
   const caKey = forge.pki.privateKeyFromPem(ca.keyPem);
-  const keys = generateRsaKeys();
 
   // "--days 30" means 30 days from now; the skew allowance only moves the start back.
   const now = Date.now();
@@ -122,6 +124,14 @@ export function issueDevCert(ca: PemPair, opts: DevCertOptions): IssuedCert {
   if (caNotAfter.getTime() <= now) {
     throw new Error(`the CA certificate expired at ${caNotAfter.toISOString()}; create a new CA with "mtls-sidecar certs init"`);
   }
+  // After the CA check: a CA that cannot issue anything is the first thing to fix.
+  if (dns.length + spiffe.length + ips.length === 0) {
+    throw new InvalidCertOptionError(
+      '--dns/--ip/--spiffe',
+      `none given; give at least one, e.g. --dns ${validDnsNameOr(opts.name, 'NAME')} --spiffe spiffe://TRUST-DOMAIN/PATH: callers check the name they dial against the certificate's DNS/IP SANs and identify it by its SPIFFE ID, so a certificate without any SAN fails every connection (upstream_name_mismatch)`,
+    );
+  }
+  const keys = generateRsaKeys();
   // Verifiers refuse a chain once its CA has expired, so validity past it would only mislead.
   const capped = requestedNotAfter > caNotAfter;
   const notAfter = capped ? caNotAfter : requestedNotAfter;
@@ -283,6 +293,11 @@ function validDnsName(name: string): string {
     throw new InvalidCertOptionError('--dns', `"${name}" is not a DNS name (letters, digits, hyphens and dots; "*." allowed as the first label)`);
   }
   return name;
+}
+
+/** `name` when it is a DNS name (the usual case: the service name), else `fallback`. */
+function validDnsNameOr(name: string, fallback: string): string {
+  return name.length <= 253 && DNS_NAME.test(name) ? name : fallback;
 }
 
 function validSpiffeId(id: string): string {

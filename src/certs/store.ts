@@ -15,6 +15,7 @@ import type { CertDirConfig } from '../config.js';
 import { CertError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
+import { leafUsageProblems } from './describe.js';
 import { readCertFiles, validateCertFiles, validityOf, type CertSet } from './load.js';
 
 export interface GenerationedCertSet extends CertSet {
@@ -226,6 +227,10 @@ export class CertStore extends EventEmitter<CertStoreEvents> {
       },
       'certificates loaded',
     );
+    // Served all the same (peers decide, and the last good set may be no better), but said loudly.
+    for (const problem of leafUsageProblems(next.leaf, next.files.cert)) {
+      this.#logger.warn({ trigger, generation: next.generation, code: problem.code, file: problem.file, reason: problem.problem, fix: problem.fix }, 'the served certificate will be refused by peers (mtls-sidecar check)');
+    }
     this.emit('update', next);
     this.checkExpiry();
   }

@@ -4,7 +4,8 @@
  * 0 done, 1 I/O or CA problem, 2 invalid input.
  */
 import { X509Certificate } from 'node:crypto';
-import { join, resolve } from 'node:path';
+import { readFile } from 'node:fs/promises';
+import { basename, join, resolve } from 'node:path';
 import {
   createDevCA,
   DEFAULT_LEAF_DAYS,
@@ -12,6 +13,7 @@ import {
   InvalidCertOptionError,
   issueDevCert,
   readCaDir,
+  SERVICE_DIR_FILES,
   writeCaDir,
   writeServiceDir,
 } from '../certs/issue.js';
@@ -33,6 +35,8 @@ export interface CertsIssueArgs {
   ip?: string[];
   days?: number;
   out: string;
+  /** Replace an existing certificate, key or different trust bundle in --out (refused otherwise). */
+  force?: boolean;
 }
 
 const EXIT_OK = 0;
@@ -68,6 +72,12 @@ export async function certsIssue(args: CertsIssueArgs): Promise<number> {
   const out = resolve(args.out);
   return runStep('certs issue', async () => {
     const ca = await readCaDir(resolve(args.ca));
+    // A sidecar may be serving the directory: replacing its key silently changes its identity.
+    const replaced = await filesIssueWouldReplace(out, ca.certPem);
+    if (replaced.length > 0 && !args.force) {
+      const [verb, them] = replaced.length === 1 ? ['exists', 'it'] : ['exist', 'them'];
+      throw new Error(`${listFiles(replaced)} already ${verb} (a sidecar may be serving ${them}); choose another --out, remove ${them}, or pass --force to replace ${them}`);
+    }
     const leaf = issueDevCert(ca, {
       name: args.name,
       dns: splitList(args.dns),
@@ -82,7 +92,7 @@ export async function certsIssue(args: CertsIssueArgs): Promise<number> {
     }
     const cert = new X509Certificate(leaf.certPem);
     printSummary([
-      `wrote ${join(out, 'tls.crt')}, ${join(out, 'tls.key')} (0600) and ${join(out, 'ca.crt')}`,
+      `wrote ${join(out, 'tls.crt')}, ${join(out, 'tls.key')} (0600) and ${join(out, 'ca.crt')}${replaced.length > 0 ? ` (replacing the previous ${listFiles(replaced.map((file) => basename(file)))}: --force)` : ''}`,
       `subject  ${oneLineDn(cert.subject)}`,
       `issuer   ${oneLineDn(cert.issuer)}`,
       `SANs     ${cert.subjectAltName ?? '(none)'}`,
@@ -90,6 +100,25 @@ export async function certsIssue(args: CertsIssueArgs): Promise<number> {
       `expires  ${isoDate(cert.validTo)}`,
     ]);
   });
+}
+
+/**
+ * The files of `dir` that issuing would replace: an existing certificate or key, and a trust bundle
+ * other than this CA's certificate (issuing into the CA's own directory rewrites the same ca.crt).
+ */
+async function filesIssueWouldReplace(dir: string, caCertPem: string): Promise<string[]> {
+  const replaced: string[] = [];
+  for (const path of [join(dir, SERVICE_DIR_FILES.cert), join(dir, SERVICE_DIR_FILES.key)]) {
+    if (await pathExists(path)) replaced.push(path);
+  }
+  const bundle = join(dir, SERVICE_DIR_FILES.ca);
+  if ((await pathExists(bundle)) && (await readFile(bundle, 'utf8').catch(() => undefined)) !== caCertPem) replaced.push(bundle);
+  return replaced;
+}
+
+/** "a", "a and b", "a, b and c". */
+function listFiles(files: string[]): string {
+  return files.length > 1 ? `${files.slice(0, -1).join(', ')} and ${files.at(-1)}` : (files[0] ?? '');
 }
 
 async function runStep(command: string, step: () => Promise<void>): Promise<number> {

@@ -1,11 +1,12 @@
 /**
  * `mtls-sidecar check`: loads the cert dir exactly as `run` does, then reports what it found and,
  * for each problem, its code and the fix. Unlike `run`, it keeps going after the first problem so
- * the operator sees all of them at once.
+ * the operator sees all of them at once. It also reports what `run` accepts but peers refuse: a
+ * leaf not allowed for TLS server and client use, or with no SAN.
  */
 import type { X509Certificate } from 'node:crypto';
 import type { CertDirConfig } from '../config.js';
-import { describeCertificate, expiresIn, sanList, type CertSummary } from '../certs/describe.js';
+import { describeCertificate, expiresIn, leafUsageProblems, sanList, usageList, type CertSummary } from '../certs/describe.js';
 import { keyMismatch, parseCertificates, parsePrivateKey, readCertFile, readCertFiles, resolveCertFiles, validateCertFiles, validityOf, verifyChain, type CertFiles } from '../certs/load.js';
 import { CertError, diagnosticProblems, type CertProblemCode, type DiagnosticCode } from '../errors.js';
 
@@ -95,7 +96,7 @@ export async function checkCertDir(config: CertDirConfig, now = new Date()): Pro
   const leaf: X509Certificate | undefined = chain?.[0];
   if (leaf && key) {
     report.keyMatchesLeaf = leaf.checkPrivateKey(key);
-    if (!report.keyMatchesLeaf) report.problems.push(problemFrom(keyMismatch(files, leaf)));
+    if (!report.keyMatchesLeaf) report.problems.push(problemFrom(keyMismatch(files, leaf, chain, key)));
   }
   if (chain && bundle) {
     report.chainVerifies = attempt(() => verifyChain(chain, bundle, now, files)) !== undefined;
@@ -117,6 +118,9 @@ export async function checkCertDir(config: CertDirConfig, now = new Date()): Pro
       report.problems.push(problemFrom(error));
     }
   }
+  // In a chain file that starts with an intermediate, the first certificate's usage says nothing.
+  const leafFirst = !report.problems.some((problem) => problem.code === 'chain_out_of_order');
+  if (leaf && leafFirst) report.problems.push(...leafUsageProblems(leaf, files.cert).map(problemFrom));
   report.healthy = report.problems.length === 0;
   return report;
 }
@@ -129,7 +133,7 @@ export function formatCheckReport(report: CheckReport): string {
   }
   if (report.leaf) {
     const leaf = report.leaf;
-    lines.push('', 'Leaf certificate', `  subject   ${leaf.subject}`, `  SANs      ${sanList(leaf)}`, `  issuer    ${leaf.issuer}`, `  serial    ${leaf.serial}`, `  validity  ${leaf.notBefore} .. ${leaf.notAfter} (${report.expires})`);
+    lines.push('', 'Leaf certificate', `  subject   ${leaf.subject}`, `  SANs      ${sanList(leaf)}`, `  usage     ${usageList(leaf)}`, `  issuer    ${leaf.issuer}`, `  serial    ${leaf.serial}`, `  validity  ${leaf.notBefore} .. ${leaf.notAfter} (${report.expires})`);
   }
   if (report.chain.length) {
     lines.push('', `Chain as sent to peers: ${report.chain.length} certificate(s)`);

@@ -174,8 +174,10 @@ function tlsCheck(host: string, port: number, set: CertSet, options: ProbeOption
       const reason = classifyTlsError(error) ?? 'tls_error';
       // A peer that refuses our certificate often just closes (no alert): during the handshake
       // (TLS 1.2) or right after it (TLS 1.3), as the outbound path also infers.
-      if (handshakeDone || reason === 'our_cert_rejected' || reason === 'connection_reset') {
-        steps.push(failure('Client certificate', reason === 'connection_reset' ? 'our_cert_rejected' : reason, error.message.split('\n')[0] ?? error.message, probeFixes.our_cert_rejected(ourName)));
+      if (handshakeDone || reason === 'our_cert_rejected' || reason === 'our_cert_wrong_purpose' || reason === 'connection_reset') {
+        // An "unsupported certificate" alert is about our certificate's purpose, not our CA.
+        const fix = reason === 'our_cert_wrong_purpose' ? undefined : probeFixes.our_cert_rejected(ourName);
+        steps.push(failure('Client certificate', reason === 'connection_reset' ? 'our_cert_rejected' : reason, error.message.split('\n')[0] ?? error.message, fix));
       } else {
         steps.push(failure('TLS', reason, error.message.split('\n')[0] ?? error.message));
       }

@@ -214,7 +214,7 @@ export class PeerTls {
     // Node checks the client chain itself after the handshake and destroys the socket, so the
     // error says only "socket hang up"; the socket keeps the verify result.
     const verifyResult = socket.authorizationError as unknown as string | undefined;
-    const reason = verifyResult ? classifyPeerVerifyError(verifyResult) : (classifyTlsError(error) ?? 'tls_error');
+    const reason = verifyResult ? classifyPeerVerifyError(verifyResult) : (classifyTlsError(error, 'server') ?? 'tls_error');
     const detail = verifyResult ?? error.message.replace(/^[0-9A-F]+:error:[0-9A-F]+:SSL routines:[^:]*:/, '').replace(/:\.\.\/deps.*$/s, '');
     this.recordFailure(reason, socket, detail);
     // Node leaves a socket whose handshake failed (or timed out) open when 'tlsClientError' has a

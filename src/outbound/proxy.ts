@@ -24,6 +24,8 @@ const tlsFailureToAppError: Partial<Record<TlsFailureReason, AppErrorCode>> = {
   name_mismatch: 'upstream_name_mismatch',
   identity_mismatch: 'upstream_identity_mismatch',
   our_cert_rejected: 'upstream_rejected_our_cert',
+  our_cert_wrong_purpose: 'upstream_rejected_our_cert',
+  cert_wrong_purpose: 'upstream_cert_wrong_purpose',
   chain_incomplete: 'upstream_chain_incomplete',
   handshake_timeout: 'upstream_timeout',
   connection_reset: 'upstream_reset',
