@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { after, before, describe, test } from 'node:test';
 import { sha256Hex, startTlsServer, type TlsServerReply, type TlsTestServer } from './helpers/apps.js';
-import { rssKiB, sleep } from './helpers/hardening.js';
+import { medianExchangeMs, NO_DELAYED_ACK_STALL_MS, rssKiB, sleep } from './helpers/hardening.js';
 import { fetchMetrics, metricValue } from './helpers/identity.js';
 import { exitWithin, forwardingFailedLine, handshakeFailedLine, tlsAttempt } from './helpers/operability.js';
 import {
@@ -41,38 +41,11 @@ async function summaryRoundTrip(socket: import('node:net').Socket, payload: Buff
   return { summary: JSON.parse(result.data.toString('utf8') || 'null') as Summary, ended: result.ended, closed: result.closed };
 }
 
-/**
- * Median milliseconds from a write to the second half of the `split` app's two-write answer, over
- * `rounds` exchanges. A hop that leaves Nagle's algorithm on holds the second write until the
- * first is acknowledged, and the receiver delays that ACK by 40 ms or more (Linux's minimum).
- */
-async function splitReplyMedianMs(socket: import('node:net').Socket, rounds = 15): Promise<number> {
+/** Median ms from a write to the second half of the `split` app's two-write answer. */
+async function splitReplyMedianMs(socket: import('node:net').Socket): Promise<number> {
   socket.write(modeLine('split'));
-  const times: number[] = [];
-  for (let round = 0; round < rounds; round += 1) {
-    const started = process.hrtime.bigint();
-    await new Promise<void>((resolve, reject) => {
-      let seen = '';
-      const onData = (chunk: Buffer) => {
-        seen += chunk.toString('latin1');
-        if (!seen.includes('b')) return;
-        socket.off('data', onData);
-        resolve();
-      };
-      socket.on('data', onData);
-      socket.once('close', () => reject(new Error('closed before the answer')));
-      socket.write('ping');
-    });
-    times.push(Number(process.hrtime.bigint() - started) / 1e6);
-    await sleep(5);
-  }
-  socket.destroy();
-  times.sort((a, b) => a - b);
-  return times[Math.floor(times.length / 2)];
+  return medianExchangeMs(socket, () => socket.write('ping'), (seen) => seen.includes('b'));
 }
-
-/** Well under the 40 ms a delayed ACK adds, well over a loopback round trip on a loaded machine. */
-const NO_DELAYED_ACK_STALL_MS = 20;
 
 describe('--protocol tcp', () => {
   let root: CertificateAuthority;

@@ -10,6 +10,8 @@ import type { Address } from './sidecar.js';
 
 export interface UsageLeafOptions {
   cn: string;
+  /** openssl `-subj` form; default `/CN=<cn>`. */
+  subject?: string;
   keyType?: Exclude<KeyType, 'ed25519'>;
   /** openssl extension lines besides basicConstraints and the key identifiers, e.g. `keyUsage = critical, keyEncipherment`. */
   extensions: string[];
@@ -26,7 +28,7 @@ export async function issueLeafWithExtensions(issuer: CertificateAuthority, opti
   await openssl(keyType === 'rsa' ? ['genpkey', '-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2048', '-out', keyPath] : ['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', keyPath]);
   const lines = ['[ cert_ext ]', 'basicConstraints = critical, CA:FALSE', ...options.extensions, 'subjectKeyIdentifier = hash', 'authorityKeyIdentifier = keyid:always', ''];
   await writeFile(extPath, lines.join('\n'));
-  await openssl(['req', '-new', '-key', keyPath, '-subj', `/CN=${options.cn}`, '-out', csrPath]);
+  await openssl(['req', '-new', '-key', keyPath, '-subj', options.subject ?? `/CN=${options.cn}`, '-out', csrPath]);
   await openssl([
     'x509', '-req', '-in', csrPath, '-CA', issuer.certPath, '-CAkey', issuer.keyPath,
     '-set_serial', `0x${randomBytes(12).toString('hex')}`, '-days', '30',

@@ -378,3 +378,36 @@ export async function startUnprivilegedSidecar(certDir: string, args: string[]):
   ];
   return startSidecar(['--cert-dir', certs, ...args], { launcher });
 }
+
+/**
+ * Median milliseconds of `rounds` exchanges on one connection: `send` writes a request, the
+ * exchange ends when `complete` holds for what arrived since. A hop that leaves Nagle's algorithm
+ * on holds the second write of a two-part answer until the first is acknowledged, and the receiver
+ * delays that ACK by 40 ms or more (Linux's minimum): the median shows it.
+ */
+export async function medianExchangeMs(socket: Socket, send: () => void, complete: (seen: string) => boolean, rounds = 15): Promise<number> {
+  const times: number[] = [];
+  for (let round = 0; round < rounds; round += 1) {
+    const started = process.hrtime.bigint();
+    await new Promise<void>((resolve, reject) => {
+      let seen = '';
+      const onData = (chunk: Buffer) => {
+        seen += chunk.toString('latin1');
+        if (!complete(seen)) return;
+        socket.off('data', onData);
+        resolve();
+      };
+      socket.on('data', onData);
+      socket.once('close', () => reject(new Error(`closed before the answer: ${seen}`)));
+      send();
+    });
+    times.push(Number(process.hrtime.bigint() - started) / 1e6);
+    await sleep(5);
+  }
+  socket.destroy();
+  times.sort((a, b) => a - b);
+  return times[Math.floor(times.length / 2)]!;
+}
+
+/** Well under the 40 ms a delayed ACK adds, well over a loopback round trip on a loaded machine. */
+export const NO_DELAYED_ACK_STALL_MS = 20;

@@ -1,13 +1,11 @@
 // Helpers for identity, allow-list, XFCC and permissive-mode tests: leaves with arbitrary subjects
 // (minted by the openssl CLI), what openssl says about a certificate, the admin /metrics and
 // /peers reports, and a stand-in for a Kubernetes Service in front of server replicas.
-import { randomBytes } from 'node:crypto';
-import { readFile, writeFile } from 'node:fs/promises';
 import { connect as netConnect, createServer, type Socket } from 'node:net';
-import { join } from 'node:path';
 import { listenLoopback } from './apps.js';
 import { plainRequest } from './clients.js';
-import { describeCertificate, freshDir, openssl, type CertificateAuthority, type Leaf } from './pki.js';
+import { issueLeafWithExtensions } from './cert-usage.js';
+import { openssl, type CertificateAuthority, type Leaf } from './pki.js';
 import type { Address, Sidecar } from './sidecar.js';
 
 export interface SubjectLeafOptions {
@@ -23,42 +21,18 @@ export interface SubjectLeafOptions {
  * `openssl x509 -req`. pki.ts's `issueLeaf` only writes `/CN=…` subjects; identity tests need O,
  * OU and awkward characters.
  */
-export async function issueLeafWithSubject(issuer: CertificateAuthority, options: SubjectLeafOptions): Promise<Leaf> {
-  const dir = await freshDir('leaf-subject');
-  const keyPath = join(dir, 'key.pem');
-  const csrPath = join(dir, 'request.csr');
-  const certPath = join(dir, 'cert.pem');
-  const extPath = join(dir, 'ext.cnf');
-  await openssl(['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', keyPath]);
+export function issueLeafWithSubject(issuer: CertificateAuthority, options: SubjectLeafOptions): Promise<Leaf> {
   const sans = [
     ...(options.dns ?? []).map((name) => `DNS:${name}`),
     ...(options.uris ?? []).map((uri) => `URI:${uri}`),
     ...(options.ips ?? []).map((ip) => `IP:${ip}`),
   ];
-  await writeFile(
-    extPath,
-    [
-      '[ cert_ext ]',
-      'basicConstraints = critical, CA:FALSE',
-      'keyUsage = critical, digitalSignature',
-      'extendedKeyUsage = serverAuth, clientAuth',
-      ...(sans.length > 0 ? [`subjectAltName = ${sans.join(', ')}`] : []),
-      'subjectKeyIdentifier = hash',
-      'authorityKeyIdentifier = keyid:always',
-      '',
-    ].join('\n'),
-  );
-  await openssl(['req', '-new', '-key', keyPath, '-subj', options.subject, '-out', csrPath]);
-  await openssl([
-    'x509', '-req', '-in', csrPath, '-CA', issuer.certPath, '-CAkey', issuer.keyPath,
-    '-set_serial', `0x${randomBytes(12).toString('hex')}`, '-days', '30',
-    '-extfile', extPath, '-extensions', 'cert_ext', '-sha256', '-out', certPath,
-  ]);
-  const certPem = await readFile(certPath, 'utf8');
-  const keyPem = await readFile(keyPath, 'utf8');
-  const { serial, sha256, subject } = await describeCertificate(certPem);
-  const intermediates = issuer.chainPem === issuer.rootPem ? '' : issuer.chainPem.slice(0, issuer.chainPem.length - issuer.rootPem.length);
-  return { dir, certPath, keyPath, certPem, keyPem, serial, sha256, subject, keyType: 'ec', chainPem: certPem + intermediates, rootPem: issuer.rootPem };
+  return issueLeafWithExtensions(issuer, {
+    cn: 'subject',
+    subject: options.subject,
+    keyType: 'ec',
+    extensions: ['keyUsage = critical, digitalSignature', 'extendedKeyUsage = serverAuth, clientAuth', ...(sans.length > 0 ? [`subjectAltName = ${sans.join(', ')}`] : [])],
+  });
 }
 
 /** The subjectAltName entries of a certificate as `openssl x509 -noout -ext subjectAltName` prints them, in order. */
