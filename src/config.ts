@@ -129,7 +129,10 @@ export function parseDuration(flag: string, value: unknown): number {
   const amount = Number(match[1]);
   const unit = match[2] ?? 's';
   const factor = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[unit] ?? 1000;
-  return Math.round(amount * factor);
+  const ms = Math.round(amount * factor);
+  // Node's timers take at most 2^31-1 ms and silently turn a longer delay into 1 ms.
+  if (ms > 2_147_483_647) throw new ConfigError(flag, value, 'at most 596h (24.8 days); 0 means none where the flag allows it');
+  return ms;
 }
 
 /** A listener may take port 0 (any free port); a port to connect to may not. */
