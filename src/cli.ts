@@ -75,13 +75,7 @@ function declareOptions<T, O extends Record<string, Options>>(command: Argv<T>, 
 }
 
 async function runCommand(args: RawRunArgs, unknownEnv: string[]): Promise<void> {
-  const config = configFrom(args);
-  try {
-    checkRunListeners(config);
-  } catch (error) {
-    if (error instanceof ConfigError) usageError(error.message);
-    throw error;
-  }
+  const config = configFrom(args, checkRunListeners);
   // A missing cert dir is not a usage error: it is the start-up failure cert_dir_missing (exit 1),
   // reported by the loader like every other problem with the directory.
   const logger = createLogger({ level: config.logLevel, format: config.logFormat });
@@ -126,11 +120,19 @@ function addCertOptions(command: Argv, envValues: Record<string, unknown>, argv:
 /** Flags whose value came from a SIDECAR_* variable (not given on the command line), set by main. */
 let fromEnvironment: (flag: string) => boolean = () => false;
 
-function configFrom(args: RawRunArgs) {
+/** A usage line about `flag`, naming the variable when its value came from one. */
+function aboutFlag(flag: string, line: string): string {
+  return fromEnvironment(flag) ? `${line} (set by ${envName(flag)})` : line;
+}
+
+/** The validated config (and what `check` adds, e.g. run's listener rules); a ConfigError is a usage error. */
+function configFrom(args: RawRunArgs, check?: (config: ReturnType<typeof buildConfig>) => void) {
   try {
-    return buildConfig(args);
+    const config = buildConfig(args);
+    check?.(config);
+    return config;
   } catch (error) {
-    if (error instanceof ConfigError) usageError(fromEnvironment(error.flag) ? `${error.message} (set by ${envName(error.flag)})` : error.message);
+    if (error instanceof ConfigError) usageError(aboutFlag(error.flag, error.message));
     throw error;
   }
 }
@@ -269,10 +271,7 @@ export async function main(argv: string[]): Promise<void> {
       if (invalid.length > 0) {
         usageError(
           invalid
-            .map(([, flag, given, choices]) => {
-              const why = `--${flag}: ${given} is not valid: ${choices!.split(', ').map((choice) => choice.replace(/^"|"$/g, '')).join(' or ')}`;
-              return fromEnvironment(flag!) ? `${why} (set by ${envName(flag!)})` : why;
-            })
+            .map(([, flag, given, choices]) => aboutFlag(flag!, `--${flag}: ${given} is not valid: ${choices!.split(', ').map((choice) => choice.replace(/^"|"$/g, '')).join(' or ')}`))
             .join('; '),
         );
       }

@@ -419,6 +419,11 @@ export function httpServerOptions(timeouts: Timeouts, maxHeaderSize: number) {
   return { maxHeaderSize, headersTimeout: timeouts.headersMs, requestTimeout: 0, keepAliveTimeout: timeouts.idleMs, connectionsCheckingInterval: sweepMs };
 }
 
+const h2cRefusal = {
+  reason: 'HTTP/2 without TLS (h2c prior knowledge) is not served here',
+  hint: 'send HTTP/1.1, or use --protocol tcp, which passes HTTP/2 (gRPC) through',
+};
+
 const clientErrorCodes: Record<string, AppErrorCode> = {
   HPE_HEADER_OVERFLOW: 'request_headers_too_large',
   ERR_HTTP_REQUEST_TIMEOUT: 'request_headers_timeout',
@@ -442,15 +447,16 @@ export function clientErrorHandler(direction: Direction, logger: Logger, metrics
     const code = clientErrorCodes[errno] ?? 'malformed_request';
     const address = (socket as Socket).remoteAddress ?? 'unknown';
     // The HTTP/2 connection preface (`PRI * HTTP/2.0`): an h2c client, not a smuggling attempt.
-    const reason = errno === 'HPE_PAUSED_H2_UPGRADE' ? 'HTTP/2 without TLS (h2c prior knowledge) is not served here' : error.message;
-    const hint = errno === 'HPE_PAUSED_H2_UPGRADE' ? 'send HTTP/1.1, or use --protocol tcp, which passes HTTP/2 (gRPC) through' : appErrors[code].hint;
+    const h2c = errno === 'HPE_PAUSED_H2_UPGRADE' ? h2cRefusal : undefined;
+    const reason = h2c?.reason ?? error.message;
+    const hint = h2c?.hint ?? appErrors[code].hint;
     metrics.requests.inc({ direction, code: String(appErrors[code].status) });
     const suppressed = log.admit(`${address}|${code}`);
     if (suppressed !== undefined) {
       logger.warn({ direction, error: code, reason, errno, peer: address, hint, ...(suppressed ? { suppressed } : {}) }, 'request refused');
     }
     const httpMessage = (socket as Socket & { _httpMessage?: ServerResponse })._httpMessage;
-    if (socket.writable && !httpMessage?.headersSent) endWithErrorResponse(socket, code, reason, errno === 'HPE_PAUSED_H2_UPGRADE' ? { hint } : undefined);
+    if (socket.writable && !httpMessage?.headersSent) endWithErrorResponse(socket, code, reason, h2c ? { hint } : undefined);
     setTimeout(() => socket.destroy(), 1000).unref();
   };
 }

@@ -70,29 +70,24 @@ export function pipeBothWays(client: Socket, server: Socket, onDone: (stats: Pip
   client.once('close', onClose);
   server.once('close', onClose);
   forward(client, server);
-  if (serverReads) forwardDirect(server, client, serverReads);
-  else forward(server, client);
-}
-
-/** `forward` for a socket read through `reads`: its callback writes to `to` and pauses on a full sink. */
-function forwardDirect(from: Socket, to: Socket, reads: DirectReads): void {
-  reads.to = to;
-  for (const chunk of reads.early.splice(0)) to.write(chunk);
-  to.on('drain', () => from.resume());
-  if (from.readableEnded) to.end();
-  else from.once('end', () => to.end());
-  from.resume();
+  forward(server, client, serverReads);
 }
 
 /**
  * What stream.pipe does for two sockets, without its bookkeeping for many destinations and
  * unpiping: write each chunk, pause the source while the sink is full, end the sink after the
- * source's FIN.
+ * source's FIN. A source opened with `reads` delivers its chunks through that callback instead of
+ * 'data' (the callback pauses it on a full sink); its chunks from before the pipe go first.
  */
-function forward(from: Socket, to: Socket): void {
-  from.on('data', (chunk: Buffer) => {
-    if (!to.write(chunk)) from.pause();
-  });
+function forward(from: Socket, to: Socket, reads?: DirectReads): void {
+  if (reads) {
+    reads.to = to;
+    for (const chunk of reads.early.splice(0)) to.write(chunk);
+  } else {
+    from.on('data', (chunk: Buffer) => {
+      if (!to.write(chunk)) from.pause();
+    });
+  }
   to.on('drain', () => from.resume());
   // A client that connects and closes without a byte, while the upstream is still handshaking,
   // has already emitted 'end' by the time the pipe starts.

@@ -176,7 +176,11 @@ const absoluteForm = /^https?:\/\/([^/?#@\s]+)((?:[/?][^#\s]*)?)$/i;
  */
 function requestTargetProblem(req: IncomingMessage): string | undefined {
   let hosts = 0;
-  for (let index = 0; index < req.rawHeaders.length; index += 2) if (req.rawHeaders[index]!.toLowerCase() === 'host') hosts += 1;
+  for (let index = 0; index < req.rawHeaders.length; index += 2) {
+    const name = req.rawHeaders[index]!;
+    // Per request on the hot path: lowercase only the names that can be "host".
+    if (name.length === 4 && name.toLowerCase() === 'host') hosts += 1;
+  }
   if (hosts > 1) return `${hosts} Host headers: a request carries exactly one`;
   const target = req.url ?? '';
   if (target.startsWith('/') || (target === '*' && req.method === 'OPTIONS')) {
